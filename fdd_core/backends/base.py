@@ -1,0 +1,124 @@
+"""The inference interface every backend implements (teacher and student alike).
+
+Three names, after vLLM's offline API: `SamplingParams` (validated), `Completion` (a frozen
+value) and `Backend.generate(prompts, params) -> list[list[Completion]]` (one list per
+prompt, `params.n` completions each, in prompt order). A prompt is raw text or a list of
+chat messages ``[{"role": "user", "content": "..."}]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence, Union, runtime_checkable
+
+ChatMessage = dict[str, str]
+Prompt = Union[str, list[ChatMessage]]
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. temperature == 0 means greedy, which allows only n == 1."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ValueError(f"temperature must be in [0, 5], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must hold non-empty strings, got {self.stop!r}")
+        if self.greedy and self.n > 1:
+            raise ValueError(
+                f"greedy decoding (temperature=0) gives one answer: n must be 1, got {self.n}; "
+                "set temperature > 0 to draw several samples"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def key(self) -> dict:
+        """The fields that decide the output (used in cache keys)."""
+        return {
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation."""
+
+    text: str
+    finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the FDD stages see. They never know which backend runs."""
+
+    name: str  # "hf", "openai", "vllm"
+    model_id: str  # what is served (used in cache keys and provenance)
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+    def close(self) -> None: ...
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A canonical string for a prompt (text or chat messages)."""
+    if isinstance(prompt, str):
+        return "text:" + prompt
+    return "chat:" + json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def derive_seed(seed: int | None, prompt: Prompt, sample_index: int = 0) -> int | None:
+    """A per-prompt (and per-sample) seed, independent of batch position and shard.
+
+    Mixing the prompt into the seed keeps results stable when prompts move between shards,
+    and gives each sample of `n` its own stream when a server takes one seed per request.
+    """
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}|{sample_index}|{prompt_key(prompt)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class GenerationStats:
+    """Counters a backend may expose (retries, tokens) for reports."""
+
+    prompts: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def add_retry(self, reason: str) -> None:
+        self.retries[reason] = self.retries.get(reason, 0) + 1
