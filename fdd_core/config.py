@@ -361,6 +361,14 @@ class RunConfig(Section):
                 f"labeling.max_rationales ({self.labeling.max_rationales}) cannot exceed "
                 f"labeling.n_programs ({self.labeling.n_programs})"
             )
+        if self.teacher.temperature == 0 and max(
+            self.teacher.n_samples, self.labeling.n_programs
+        ) > 1:
+            raise ValueError(
+                "teacher.temperature is 0 (greedy), which gives one program per prompt, but "
+                f"teacher.n_samples={self.teacher.n_samples} and labeling.n_programs="
+                f"{self.labeling.n_programs} ask for several: set teacher.temperature > 0"
+            )
         for who in ("teacher", "student"):
             mc: ModelConfig = getattr(self, who)
             if mc.backend == "openai" and not mc.base_url:

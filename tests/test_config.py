@@ -60,6 +60,8 @@ def test_bad_literal_lists_choices():
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="base_url"):
         load_config(None, ["teacher.backend=openai"])
+    with pytest.raises(ConfigError, match="greedy"):
+        load_config(None, ["teacher.temperature=0"])
     with pytest.raises(ConfigError, match="max_rationales"):
         load_config(None, ["labeling.n_programs=2", "labeling.max_rationales=3"])
 

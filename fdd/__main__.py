@@ -1,0 +1,5 @@
+import sys
+
+from fdd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Flow helpers: task options from the config, mapped shards with a progress artifact."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from fdd_core.config import RunConfig
+from fdd_core.stages import shard_bounds
+from tasks.common import GPU_TAG, backoff_delays, result_storage, retry_on_transient
+
+
+def task_options(cfg: RunConfig, run_dir: str, *, retry: bool = False, gpu: bool = False) -> dict:
+    """Result storage under the run (so re-runs hit the cache), retries for generation."""
+    opts: dict[str, Any] = {"result_storage": result_storage(cfg.storage, run_dir)}
+    if retry:
+        retries = cfg.orchestration.task_retries
+        opts.update(
+            retries=retries,
+            retry_delay_seconds=backoff_delays(cfg.orchestration.retry_delay_s, retries),
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_on_transient,
+        )
+    if gpu:
+        opts["tags"] = {GPU_TAG}
+    return opts
+
+
+def teacher_on_gpu(cfg: RunConfig) -> bool:
+    """In-process teachers hold a GPU on a GPU worker; remote endpoints do not."""
+    return cfg.teacher.backend != "openai" and cfg.teacher.device != "cpu"
+
+
+def artifact_key(*parts: Any) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
+
+
+def run_mapped(
+    task_fn,
+    n_items: int,
+    shard_size: int,
+    make_kwargs: Callable[[int, tuple[int, int]], dict],
+    *,
+    label: str,
+    progress_key: str,
+) -> list:
+    """Submit one task per shard, report progress as shards finish, return results in order.
+
+    A failed shard fails the stage only after its own retries; finished shards keep their
+    cached results, so a re-run re-does only what is missing.
+    """
+    bounds = shard_bounds(n_items, shard_size)
+    if not bounds:
+        return []
+    progress = create_progress_artifact(
+        0.0, key=progress_key, description=f"{label}: 0/{len(bounds)} shards"
+    )
+    futures = [task_fn.submit(**make_kwargs(i, b)) for i, b in enumerate(bounds)]
+    done = 0
+    for _ in as_completed(futures):
+        done += 1
+        update_progress_artifact(
+            progress, 100.0 * done / len(bounds), description=f"{label}: {done}/{len(bounds)} shards"
+        )
+    return [f.result() for f in futures]
+
+
+def first_not_none(values: Sequence[Any]) -> Any:
+    return next((v for v in values if v is not None), None)

@@ -1,0 +1,43 @@
+"""Benchmark a student on the configured test sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from fdd_core.config import EvaluationConfig, SandboxConfig, StudentConfig
+from fdd_core.evaluation import evaluate_model
+from fdd_core.schemas import ModelRef
+from tasks.common import CACHE_POLICY, GPU_TAG
+
+
+@task(
+    name="benchmark",
+    task_run_name="benchmark-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+    tags=[GPU_TAG],
+)
+def benchmark_task(
+    model: ModelRef | None,
+    student: StudentConfig,
+    evaluation: EvaluationConfig,
+    sandbox: SandboxConfig,
+    run_dir: str,
+    round_index: int,
+    code_version: str,
+) -> dict[str, dict]:
+    """Accuracy and breakdown per benchmark ({} when no benchmark is configured)."""
+    if not evaluation.benchmarks:
+        return {}
+    out = Path(run_dir) / f"round-{round_index}" / "eval"
+    results = evaluate_model(
+        model if model is not None else student.model,
+        evaluation.benchmarks,
+        eval_cfg=evaluation,
+        sandbox_cfg=sandbox,
+        student_cfg=student,
+        out_dir=out,
+    )
+    return {name: res.summary() for name, res in results.items()}

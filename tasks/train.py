@@ -1,0 +1,44 @@
+"""Fine-tune a fresh student from the base checkpoint on a dataset version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from fdd_core.config import StudentConfig, TrainingConfig
+from fdd_core.schemas import DatasetRef, ModelRef
+from fdd_core.store import read_examples
+from fdd_core.training import train_student
+from tasks.common import CACHE_POLICY, GPU_TAG
+
+
+@task(
+    name="train-student",
+    task_run_name="train-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+    tags=[GPU_TAG],
+)
+def train_student_task(
+    dataset: DatasetRef,
+    student: StudentConfig,
+    training: TrainingConfig,
+    cache_dir: str | None,
+    run_dir: str,
+    round_index: int,
+    code_version: str,
+) -> ModelRef | None:
+    """Always from the base checkpoint (not the previous round's student)."""
+    if dataset.n_rows == 0:
+        return None  # nothing to learn from: the base model stays the student
+    out = Path(run_dir) / f"round-{round_index}" / "student"
+    return train_student(
+        read_examples(dataset),
+        student.model,
+        training,
+        out,
+        dataset_version=dataset.version_id,
+        device=student.device,
+        cache_dir=cache_dir,
+    )
