@@ -1,0 +1,1 @@
+"""Local servers that tests start on 127.0.0.1 (real sockets, no network)."""
