@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Callable, Sequence
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -29,9 +30,26 @@ def task_options(cfg: RunConfig, run_dir: str, *, retry: bool = False, gpu: bool
     return opts
 
 
+def on_gpu(device: str) -> bool:
+    """Whether in-process work with this device setting will hold a GPU here.
+
+    Only such work carries the `gpu` tag: a tagged task asks the server for a concurrency
+    slot (a round trip even when no limit exists), which CPU-only runs need not pay.
+    """
+    if device == "cpu":
+        return False
+    if device == "cuda":
+        return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def teacher_on_gpu(cfg: RunConfig) -> bool:
     """In-process teachers hold a GPU on a GPU worker; remote endpoints do not."""
-    return cfg.teacher.backend != "openai" and cfg.teacher.device != "cpu"
+    return cfg.teacher.backend != "openai" and on_gpu(cfg.teacher.device)
 
 
 def artifact_key(*parts: Any) -> str:
@@ -59,12 +77,16 @@ def run_mapped(
         0.0, key=progress_key, description=f"{label}: 0/{len(bounds)} shards"
     )
     futures = [task_fn.submit(**make_kwargs(i, b)) for i, b in enumerate(bounds)]
-    done = 0
+    done, last = 0, time.monotonic()
     for _ in as_completed(futures):
         done += 1
-        update_progress_artifact(
-            progress, 100.0 * done / len(bounds), description=f"{label}: {done}/{len(bounds)} shards"
-        )
+        # At most one update every couple of seconds (each is an API call), plus the last.
+        if done == len(bounds) or time.monotonic() - last > 2.0:
+            last = time.monotonic()
+            update_progress_artifact(
+                progress, 100.0 * done / len(bounds),
+                description=f"{label}: {done}/{len(bounds)} shards",
+            )
     return [f.result() for f in futures]
 
 

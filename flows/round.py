@@ -19,7 +19,7 @@ from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.stages import ProblemsRef, merge_stats
 from fdd_core.store import read_manifest
 from fdd_core.versioning import code_fingerprint
-from flows.common import artifact_key, run_mapped, task_options, teacher_on_gpu
+from flows.common import artifact_key, on_gpu, run_mapped, task_options, teacher_on_gpu
 from tasks.evaluate import benchmark_task
 from tasks.filter import filter_candidates
 from tasks.grade import grade_shard, split_easy_hard
@@ -46,6 +46,7 @@ def fdd_round(
     cv = code_fingerprint()
     shard = cfg.orchestration.shard_size
     gpu_teacher = teacher_on_gpu(cfg)
+    gpu_student = on_gpu(cfg.student.device)
     gen_opts = task_options(cfg, run_dir, retry=True, gpu=gpu_teacher)
     plain_opts = task_options(cfg, run_dir)
     common = dict(storage=cfg.storage, run_dir=run_dir, round_index=round_index, code_version=cv)
@@ -76,7 +77,7 @@ def fdd_round(
             pool = grading_pool_task.with_options(**plain_opts)(
                 originals, dataset, run_dir, round_index, cv)
         graded = run_mapped(
-            grade_shard.with_options(**task_options(cfg, run_dir, retry=True, gpu=True)),
+            grade_shard.with_options(**task_options(cfg, run_dir, retry=True, gpu=gpu_student)),
             pool.n,
             shard,
             lambda i, b: dict(problems=pool, shard_index=i, bounds=b, student_model=student,
@@ -120,9 +121,9 @@ def fdd_round(
     new_dataset = grow_dataset.with_options(**plain_opts)(
         new_shards, dataset, str(Path(run_dir) / "datasets"), round_index, cfg.config_hash(), cv)
     added = new_dataset.n_rows - (dataset.n_rows if dataset else 0)
-    model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=True))(
+    model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
         new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv)
-    metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=True))(
+    metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
         model, cfg.student, cfg.evaluation, cfg.sandbox, run_dir, round_index, cv)
 
     manifest = read_manifest(new_dataset)

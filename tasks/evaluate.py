@@ -9,7 +9,7 @@ from prefect import task
 from fdd_core.config import EvaluationConfig, SandboxConfig, StudentConfig
 from fdd_core.evaluation import evaluate_model
 from fdd_core.schemas import ModelRef
-from tasks.common import CACHE_POLICY, GPU_TAG
+from tasks.common import CACHE_POLICY
 
 
 @task(
@@ -17,7 +17,6 @@ from tasks.common import CACHE_POLICY, GPU_TAG
     task_run_name="benchmark-r{round_index}",
     cache_policy=CACHE_POLICY,
     persist_result=True,
-    tags=[GPU_TAG],
 )
 def benchmark_task(
     model: ModelRef | None,

@@ -10,7 +10,7 @@ from fdd_core.config import StudentConfig, TrainingConfig
 from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.store import read_examples
 from fdd_core.training import train_student
-from tasks.common import CACHE_POLICY, GPU_TAG
+from tasks.common import CACHE_POLICY
 
 
 @task(
@@ -18,7 +18,6 @@ from tasks.common import CACHE_POLICY, GPU_TAG
     task_run_name="train-r{round_index}",
     cache_policy=CACHE_POLICY,
     persist_result=True,
-    tags=[GPU_TAG],
 )
 def train_student_task(
     dataset: DatasetRef,

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from fdd_core.config import RunConfig, dump_config
 from tests.servers.scripted_teacher import numbers_in, world_question
@@ -133,9 +132,16 @@ def _task_runs_under(flow_run_id):
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
         )
         ids = [flow_run_id] + [c.id for c in children]
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)), limit=1000
-        )
+        runs, offset = [], 0
+        while True:  # the API serves at most 200 rows a page
+            page = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
+                limit=200, offset=offset,
+            )
+            runs += page
+            offset += len(page)
+            if len(page) < 200:
+                break
     sub_ids = {c.parent_task_run_id for c in children}
     return children, [r for r in runs if r.id not in sub_ids]
 
