@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fdd-installed
 # CPU pins (torch build on disk, a FastAPI that Prefect 3.8 imports). GPU users: CONSTRAINTS=
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= train,dev
+EXTRAS ?= train,dask,dev
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 # A real OpenAI-compatible server for the openai backend's integration test: llama.cpp's
@@ -43,6 +43,9 @@ run: $(STAMP)
 	$(BIN)/fdd run $(CONFIG)
 
 test: $(STAMP) $(LLAMA_STAMP)
+	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian
+	@# packages; skipped with a message when they cannot be installed).
+	@scripts/install_system_deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
