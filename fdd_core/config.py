@@ -98,6 +98,12 @@ class TeacherConfig(ModelConfig):
         256, ge=1, le=32768, description="Maximum new tokens per teacher completion."
     )
     seed: int = Field(0, description="Base seed for teacher sampling (mixed with each prompt).")
+    prompt_style: Literal["chat", "completion"] = Field(
+        "chat",
+        description="How program prompts are sent: 'chat' (system + user messages) or "
+        "'completion' (the few-shot text ending in an open ```python fence; small models "
+        "follow that pattern far better). Problem-writing prompts are always chat.",
+    )
     request_cache: bool = Field(
         True,
         description="Cache seeded teacher calls on disk so identical calls are never paid twice.",

@@ -241,7 +241,26 @@ def _add_ans(source: str, tree: ast.Module) -> tuple[str, str] | None:
     return None
 
 
-def _finish(lines: list[str]) -> tuple[ParsedProgram | None, str]:
+def _salvage_ans(source: str, tree: ast.Module) -> tuple[str, str] | None:
+    """Last resort, tried only when no candidate stores `ans` by itself.
+
+    Small models often compute the result into a variable of their own naming, or leave
+    it as a final expression; the answer is still verified (round 0) or voted on.
+    """
+    last = tree.body[-1]
+    if isinstance(last, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        targets = last.targets if isinstance(last, ast.Assign) else [last.target]
+        if len(targets) == 1 and isinstance(targets[0], ast.Name):
+            return source.rstrip() + f"\nans = {targets[0].id}", "last_assignment_to_ans"
+    if isinstance(last, ast.Expr) and isinstance(last.value, (ast.BinOp, ast.Name, ast.Constant)):
+        segment = ast.get_source_segment(source, last.value)
+        if segment is not None:
+            head = source.split("\n")[: last.lineno - 1]
+            return "\n".join(head + ["ans = " + " ".join(segment.split("\n"))]), "expression_to_ans"
+    return None
+
+
+def _finish(lines: list[str], salvage: bool = False) -> tuple[ParsedProgram | None, str]:
     """Turn repaired lines into a program, or (None, reason)."""
     source = textwrap.dedent("\n".join(line.rstrip() for line in lines)).strip("\n")
     try:
@@ -257,13 +276,13 @@ def _finish(lines: list[str]) -> tuple[ParsedProgram | None, str]:
         return None, "no_code"
     if _stores_ans(tree):
         return ParsedProgram(source, None), ""
-    fixed = _add_ans(source, tree)
+    fixed = _add_ans(source, tree) or (_salvage_ans(source, tree) if salvage else None)
     if fixed is not None and _compile_error_line(fixed[0]) is None:
         return ParsedProgram(fixed[0], None, (fixed[1],)), ""
     return None, "no_ans_assignment"
 
 
-def _candidate(block: str) -> tuple[ParsedProgram | None, str]:
+def _candidate(block: str, salvage: bool = False) -> tuple[ParsedProgram | None, str]:
     lines = block.split("\n")[:MAX_LINES]
     start = next((i for i, line in enumerate(lines) if _looks_like_code(line)), None)
     if start is None:
@@ -274,7 +293,8 @@ def _candidate(block: str) -> tuple[ParsedProgram | None, str]:
     lines, cut_code = _repair(lines)
     if not lines:
         return None, "syntax_error"
-    parsed, reason = _finish(lines)
+    # Never salvage repaired code: the dropped line may have been the real answer.
+    parsed, reason = _finish(lines, salvage and not cut_code)
     if parsed is None and cut_code and reason == "no_ans_assignment":
         reason = "syntax_error"  # the statement that stored `ans` was probably the broken one
     return parsed, reason
@@ -297,14 +317,18 @@ _REASON_ORDER = ("syntax_error", "no_ans_assignment", "no_code")
 
 
 def _extract_program(text: str) -> ParsedProgram:
+    truncated = len(text) > MAX_CHARS
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")[:MAX_CHARS]
     blocks, outside = _fenced_blocks(text)
     reasons = []
-    for block in [*blocks, outside]:
-        parsed, reason = _candidate(block)
-        if parsed is not None:
-            return parsed
-        reasons.append(reason)
+    # First pass: programs that store `ans` themselves (or print it). Second pass, only when
+    # none does and nothing was cut off: take the final assignment or expression.
+    for salvage in (False, True) if not truncated else (False,):
+        for block in [*blocks, outside]:
+            parsed, reason = _candidate(block, salvage)
+            if parsed is not None:
+                return parsed
+            reasons.append(reason)
     return ParsedProgram(None, next(r for r in _REASON_ORDER if r in reasons))
 
 

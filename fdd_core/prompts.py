@@ -221,6 +221,22 @@ def program_messages(question: str) -> list[dict[str, str]]:
     return load_template("program").messages(question=question.strip())
 
 
+PROGRAM_FENCE = "```python\n"
+
+
+def program_completion_prompt(question: str) -> str:
+    """The program prompt as raw text that ends inside an open ```python fence.
+
+    For completion-style use (small or base models, which continue a few-shot pattern far
+    more reliably than they follow a chat instruction): the model writes the program body
+    and stops at the closing fence. Prepend PROGRAM_FENCE to the output before parsing.
+    """
+    template = load_template("program")
+    system = template.render_system(question=question.strip()) if template.system else ""
+    text = template.render(question=question.strip())
+    return (system + "\n\n" if system else "") + text + "\n" + PROGRAM_FENCE
+
+
 def _count(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise PromptError(f"n must be an integer >= 1, got {n!r}")

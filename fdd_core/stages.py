@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -33,7 +33,9 @@ from fdd_core.grading import answers_match, majority_vote
 from fdd_core.io import atomic_write_json, read_jsonl, write_jsonl
 from fdd_core.parsing import extract_problems, extract_program
 from fdd_core.prompts import (
+    PROGRAM_FENCE,
     complex_messages,
+    program_completion_prompt,
     load_template,
     program_messages,
     similar_messages,
@@ -43,6 +45,10 @@ from fdd_core.sandbox import Sandbox
 from fdd_core.schemas import Example, ModelRef, Problem, Rationale, content_hash
 
 STUDENT_STOP = ("\nQuestion:",)
+# Few-shot teachers tend to go on with a made-up next "Question:" after their program.
+PROGRAM_STOP = ("\nQuestion:",)
+# Completion-style prompts end inside an open fence: the closing fence ends the program.
+COMPLETION_STOP = ("```", "\nQuestion:")
 SYNTH_SOURCE = "fdd-synthetic"
 
 
@@ -111,12 +117,38 @@ def merge_stats(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
-def _teacher_params(tcfg: TeacherConfig, n: int, max_tokens: int, seed: int) -> SamplingParams:
+def _teacher_params(
+    tcfg: TeacherConfig, n: int, max_tokens: int, seed: int, stop: tuple[str, ...] = ()
+) -> SamplingParams:
     if tcfg.temperature == 0:
-        return SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
+        return SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=stop)
     return SamplingParams(
-        n=n, temperature=tcfg.temperature, top_p=tcfg.top_p, max_tokens=max_tokens, seed=seed
+        n=n,
+        temperature=tcfg.temperature,
+        top_p=tcfg.top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        stop=stop,
     )
+
+
+def _program_prompts(problems: Sequence[Problem], tcfg: TeacherConfig) -> list:
+    if tcfg.prompt_style == "completion":
+        return [program_completion_prompt(p.question) for p in problems]
+    return [program_messages(p.question) for p in problems]
+
+
+def _program_stop(tcfg: TeacherConfig) -> tuple[str, ...]:
+    return COMPLETION_STOP if tcfg.prompt_style == "completion" else PROGRAM_STOP
+
+
+def _program_outputs(outs: list[list], tcfg: TeacherConfig) -> list[list]:
+    """Completion-style outputs lack the opening fence that the prompt held: put it back."""
+    if tcfg.prompt_style != "completion":
+        return outs
+    return [
+        [replace(c, text=PROGRAM_FENCE + c.text + "\n```") for c in samples] for samples in outs
+    ]
 
 
 @dataclass
@@ -171,16 +203,20 @@ def write_rationales(
     template = load_template("program")
     stats: Counter = Counter(problems=len(problems), duplicate_program=0)
     params = _teacher_params(
-        tcfg, tcfg.n_samples, tcfg.max_tokens, stage_seed(tcfg.seed, "rationales", round_index)
+        tcfg,
+        tcfg.n_samples,
+        tcfg.max_tokens,
+        stage_seed(tcfg.seed, "rationales", round_index),
+        _program_stop(tcfg),
     )
     outs = cached_generate(
         teacher,
-        [program_messages(p.question) for p in problems],
+        _program_prompts(problems, tcfg),
         params,
         cache=cache,
-        prompt_version=template.version,
+        prompt_version=f"{template.version}/{tcfg.prompt_style}",
     )
-    run = _parse_and_run(outs, sandbox, stats)
+    run = _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats)
     examples: list[Example] = []
     seen: set[str] = set()
     solved: set[int] = set()
@@ -374,16 +410,20 @@ def label_problems(
         problems=len(problems), accepted=0, rejected_no_answer=0, rejected_low_agreement=0
     )
     params = _teacher_params(
-        tcfg, lcfg.n_programs, tcfg.max_tokens, stage_seed(tcfg.seed, "label", round_index)
+        tcfg,
+        lcfg.n_programs,
+        tcfg.max_tokens,
+        stage_seed(tcfg.seed, "label", round_index),
+        _program_stop(tcfg),
     )
     outs = cached_generate(
         teacher,
-        [program_messages(p.question) for p in problems],
+        _program_prompts(problems, tcfg),
         params,
         cache=cache,
-        prompt_version=template.version,
+        prompt_version=f"{template.version}/{tcfg.prompt_style}",
     )
-    run = _parse_and_run(outs, sandbox, stats)
+    run = _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats)
     by_problem: dict[int, list[tuple[int, str, float | None]]] = {}
     for (i, j), program, answer in zip(run.owner, run.programs, run.answers):
         by_problem.setdefault(i, []).append((j, program, answer))

@@ -50,6 +50,10 @@ PROGRAMS_OK = {
     "whole block indented": ("    x = 5\n    ans = x * 2", 10),
     "first failing fence then a good one": (
         "```python\nans = (3 +\n```\nOops, let me fix that:\n```python\nans = 42\n```", 42),
+    "last assignment salvaged when nothing stores ans": ("```python\na = 3\ntotal = a * 4\n```", 12),
+    "final expression salvaged": ("```python\na = 3\nb = 4\na + b\n```", 7),
+    "a real ans wins over an earlier salvageable block": (
+        "```python\nx = 1\n```\n```python\nans = 2\n```", 2),
     "several candidates, first with ans wins": (
         "```python\nx = 1\n```\n```python\nans = 2\n```\n```python\nans = 3\n```", 2),
     "windows line endings": ("```python\r\na = 6\r\nans = a / 4\r\n```", 1.5),
@@ -109,7 +113,7 @@ PROGRAMS_BAD = {
     "real 135M reply": ("Ava has 5 pens. She buys 3 pens. She has 5 + 3", "no_code"),
     "empty string": ("", "empty"),
     "whitespace": ("   \n\t ", "empty"),
-    "no ans": ("x = 5\ny = 6", "no_ans_assignment"),
+    "no ans": ("x = 5\nif x:\n    y = 6", "no_ans_assignment"),
     "print of a plain string": ("x = 5\nprint('done')", "no_ans_assignment"),
     "print of ans itself": ("x = 1\nprint(ans)", "no_ans_assignment"),
     "ans inside a function only": (
