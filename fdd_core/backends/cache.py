@@ -1,0 +1,225 @@
+"""A content-addressed disk cache of generation requests, so no identical call is paid twice.
+
+The key of one prompt's request hashes the backend name, the model id, the prompt version,
+the prompt (`base.prompt_key`) and every sampling parameter including the seed
+(`SamplingParams.key()`). Only deterministic requests are cached: greedy ones, and sampled
+ones with a seed. An unseeded sampled request is never cached, since a repeat is meant to
+draw new samples.
+
+Keys are per prompt, not per batch, which is what lets shards move: a prompt that was
+generated once is served from the cache whichever shard or batch it lands in later. That is
+sound because the backends make a seeded prompt's output depend on the prompt and seed, not
+on its batch neighbours (hf: one random stream per prompt and sample, from `derive_seed`;
+openai/vllm: a per-request seed from `derive_seed`).
+
+Layout and safety: one JSON file per key at ``root/ab/abcdef....json``. A write goes to a
+unique temporary file in the same folder and is then renamed over the target with
+`os.replace`, which is atomic on POSIX filesystems: concurrent writers (threads or processes)
+never interleave bytes, the last complete write wins, and a crash mid-write leaves only a
+stray ``.tmp`` file, never a partial entry. A reader that still meets a damaged file (a disk
+full, an OS crash before the data reached the disk, a hand edit) treats it as a miss, and
+the next `put` replaces it. Files are not fsynced by default (an fsync per entry costs more
+than the entry); a lost entry only costs one regeneration.
+
+What it does not do: evict (delete the folder to reclaim space), or share entries between
+machines unless `root` is on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fdd_core.backends.base import Backend, Completion, Prompt, SamplingParams, prompt_key
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the entry layout or the key recipe changes
+_FINISH = ("stop", "length", "error")
+
+
+def request_key(
+    backend_name: str,
+    model_id: str,
+    prompt_version: str,
+    prompt: Prompt,
+    params: SamplingParams,
+) -> str | None:
+    """The cache key of one prompt's request, or None when the request is not cacheable."""
+    if not params.greedy and params.seed is None:
+        return None
+    payload = {
+        "format": CACHE_FORMAT,
+        "backend": backend_name,
+        "model": model_id,
+        "prompt_version": prompt_version,
+        "prompt": prompt_key(prompt),
+        "params": params.key(),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    corrupt: int = 0  # damaged entries met on read (counted as misses too)
+
+
+def _parse_entry(raw: bytes, key: str) -> list[Completion]:
+    """Completions from an entry file; raises ValueError on anything malformed."""
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("key") != key or data.get("format") != CACHE_FORMAT:
+        raise ValueError("wrong key or format")
+    rows = data.get("completions")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("no completions")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ValueError("completion without text")
+        if row.get("finish_reason") not in _FINISH:
+            raise ValueError(f"bad finish_reason {row.get('finish_reason')!r}")
+        out.append(
+            Completion(
+                text=row["text"],
+                finish_reason=row["finish_reason"],
+                prompt_tokens=int(row.get("prompt_tokens", 0)),
+                completion_tokens=int(row.get("completion_tokens", 0)),
+            )
+        )
+    return out
+
+
+class RequestCache:
+    """One JSON file per key under `root` (see the module docstring for the guarantees)."""
+
+    def __init__(self, root: str | Path, *, fsync: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.fsync = fsync
+        self._stats = CacheStats()
+        self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> CacheStats:
+        """Counters for this instance (a copy)."""
+        with self._lock:
+            return CacheStats(**asdict(self._stats))
+
+    def _count(self, **delta: int) -> None:
+        with self._lock:
+            for name, value in delta.items():
+                setattr(self._stats, name, getattr(self._stats, name) + value)
+
+    def path(self, key: str) -> Path:
+        if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"cache keys are lowercase hex digests, got {key!r}")
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> list[Completion] | None:
+        """The cached completions, or None on a miss (absent or damaged entry)."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self._count(misses=1)
+            return None
+        try:
+            completions = _parse_entry(raw, key)
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            log.warning(
+                "request cache: ignoring damaged entry %s (%s); it will be rewritten", path, exc
+            )
+            self._count(misses=1, corrupt=1)
+            return None
+        self._count(hits=1)
+        return completions
+
+    def put(self, key: str, completions: list[Completion], *, meta: dict | None = None) -> None:
+        """Store `completions` under `key`, atomically replacing any previous entry."""
+        path = self.path(key)
+        entry = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "completions": [asdict(c) for c in completions],
+            "meta": meta or {},
+        }
+        data = json.dumps(entry, ensure_ascii=False).encode("utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._count(writes=1)
+
+
+def cached_generate(
+    backend: Backend,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    *,
+    cache: RequestCache | None,
+    prompt_version: str = "",
+) -> list[list[Completion]]:
+    """`backend.generate` with a per-prompt request cache in front of it.
+
+    Looks every prompt up, sends only the misses (each distinct prompt once) to the backend
+    in one `generate` call, stores what comes back, and returns results in prompt order.
+    Without a cache, or for an uncacheable (unseeded sampled) request, it is a plain call.
+    Completions whose finish_reason is "error" are returned but not stored, so a failed
+    request is retried next time.
+    """
+    if cache is None or not prompts:
+        return backend.generate(prompts, params)
+    keys = [request_key(backend.name, backend.model_id, prompt_version, p, params) for p in prompts]
+    if keys[0] is None:  # the params alone decide cacheability: all or none
+        return backend.generate(prompts, params)
+    results: list[list[Completion] | None] = [None] * len(prompts)
+    todo: dict[str, list[int]] = {}  # key -> every position holding that prompt
+    for i, key in enumerate(keys):
+        if key in todo:  # a repeat of a prompt already being generated
+            todo[key].append(i)
+            continue
+        hit = cache.get(key)
+        if hit is not None and len(hit) == params.n:
+            results[i] = hit
+        else:
+            todo[key] = [i]
+    if todo:
+        miss_keys = list(todo)
+        generated = backend.generate([prompts[todo[k][0]] for k in miss_keys], params)
+        if len(generated) != len(miss_keys):
+            raise RuntimeError(
+                f"backend {backend.name} returned {len(generated)} results for "
+                f"{len(miss_keys)} prompts"
+            )
+        meta = {
+            "backend": backend.name,
+            "model": backend.model_id,
+            "prompt_version": prompt_version,
+        }
+        for key, completions in zip(miss_keys, generated):
+            if completions and all(c.finish_reason != "error" for c in completions):
+                cache.put(key, completions, meta=meta)
+            for i in todo[key]:
+                results[i] = completions
+    return results  # type: ignore[return-value]
