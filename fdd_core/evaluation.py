@@ -59,6 +59,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "model_config_for",
+    "read_predictions",
 ]
 
 BUCKETS: tuple[str, ...] = (

@@ -22,6 +22,18 @@ from fdd_core.evaluation import (
 from fdd_core.prompts import STUDENT_STOP, student_prompt
 from fdd_core.schemas import ModelRef, Problem
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Shared 2-core test machines: tiny models run several times faster on one torch
+    # thread than on two contended ones (measured: 13 s against 41 s for the training below).
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SANDBOX = SandboxConfig(timeout_s=1.0, cpu_s=1, memory_mb=256, max_workers=2)
 
 # question -> (reference answer, what the fake student writes, expected bucket)
