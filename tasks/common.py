@@ -97,7 +97,20 @@ def result_storage(storage: StorageConfig, run_dir: str | Path):
 
 @functools.lru_cache(maxsize=8)
 def _sandbox(cfg_json: str) -> Sandbox:
-    return Sandbox(SandboxConfig.model_validate_json(cfg_json))
+    sb = Sandbox(SandboxConfig.model_validate_json(cfg_json))
+    _OPEN_SANDBOXES.append(sb)
+    return sb
+
+
+_OPEN_SANDBOXES: list[Sandbox] = []
+
+
+def close_sandboxes() -> None:
+    """Stop every memoized sandbox's workers (tests, or a long-lived worker process)."""
+    for sb in list(_OPEN_SANDBOXES):
+        sb.close()
+    _OPEN_SANDBOXES.clear()
+    _sandbox.cache_clear()
 
 
 def get_sandbox(cfg: SandboxConfig) -> Sandbox:

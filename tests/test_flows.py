@@ -24,6 +24,9 @@ from tests.servers.scripted_teacher import numbers_in, world_question
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[1]
+N_TRAIN = 48
+# Seconds per teacher request, as a served model takes (the cost that caching saves).
+TEACHER_LATENCY_S = 1.0
 
 
 def _free_port() -> int:
@@ -37,7 +40,8 @@ def teacher_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("teacher") / "requests.jsonl"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.scripted_teacher", "--port", str(port), "--log", str(log)],
+        [sys.executable, "-m", "tests.servers.scripted_teacher", "--port", str(port), "--log", str(log),
+         "--latency", str(TEACHER_LATENCY_S)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/v1"
@@ -64,7 +68,7 @@ def world(tmp_path_factory):
     train = folder / "train.jsonl"
     test = folder / "test.jsonl"
     with train.open("w") as fh:
-        for i in range(24):
+        for i in range(N_TRAIN):
             q = world_question(f"train-{i}", 2 + i % 2)
             fh.write(json.dumps({"question": q, "answer": sum(numbers_in(q))}) + "\n")
     with test.open("w") as fh:
@@ -79,7 +83,7 @@ def tiny_config(world, teacher_url, student_dir, root, run_name, cache_dir) -> R
     return RunConfig.model_validate({
         "teacher": {"backend": "openai", "model": "scripted-teacher", "base_url": teacher_url,
                     "n_samples": 4, "temperature": 0.7, "max_tokens": 64, "request_cache": False,
-                    "max_concurrency": 4, "request_timeout_s": 10},
+                    "max_concurrency": 2, "request_timeout_s": 10},
         "student": {"backend": "hf", "model": str(student_dir), "device": "cpu",
                     "max_tokens": 24, "batch_size": 16},
         "data": {"train": [{"name": "jsonl", "path": str(train)}]},
@@ -90,7 +94,7 @@ def tiny_config(world, teacher_url, student_dir, root, run_name, cache_dir) -> R
                      "learning_rate": 0.001},
         "evaluation": {"benchmarks": [str(test)], "limit": 8, "batch_size": 8},
         "sandbox": {"max_workers": 2},
-        "orchestration": {"shard_size": 6, "max_workers": 2, "retry_delay_s": 0.1},
+        "orchestration": {"shard_size": 16, "max_workers": 2, "retry_delay_s": 0.1},
         "storage": {"root": str(root), "run_name": run_name, "cache_dir": str(cache_dir)},
     })
 
@@ -99,8 +103,15 @@ def tiny_config(world, teacher_url, student_dir, root, run_name, cache_dir) -> R
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    from fdd_core.backends import clear_backends
+    from tasks.common import close_sandboxes
+
+    try:
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
+    finally:  # the flows memoize sandboxes and models per process: free them
+        close_sandboxes()
+        clear_backends()
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +162,9 @@ def test_first_run_produces_versions_students_and_artifacts(first_run):
     assert [r.round for r in result.rounds] == [0, 1]
     r0, r1 = result.rounds
     # The scripted teacher is right 3 times in 4: round 0 verifies most problems.
-    assert r0.stats["rationales"]["problems_with_rationale"] >= 20
+    assert r0.stats["rationales"]["problems_with_rationale"] >= N_TRAIN - 6
     assert r0.dataset.n_rows > 0 and r0.model is not None
-    assert r1.stats["grade"]["easy"] + r1.stats["grade"]["hard"] == 24
+    assert r1.stats["grade"]["easy"] + r1.stats["grade"]["hard"] == N_TRAIN
     assert r1.stats["synthesize"]["generated"] > 0
     assert r1.stats["label"]["accepted"] > 0
     assert r1.dataset.n_rows == r0.dataset.n_rows + r1.added and r1.added > 0
@@ -191,7 +202,7 @@ def test_rerun_of_finished_run_is_all_cache_hits_and_fast(first_run):
     assert [r.dataset.version_id for r in again.rounds] == [r.dataset.version_id for r in result.rounds]
     children, task_runs = _task_runs_under(state.state_details.flow_run_id)
     assert len(children) == 2
-    assert len(task_runs) >= 15
+    assert len(task_runs) >= 12
     not_cached = sorted({tr.name for tr in task_runs if tr.state_name != "Cached"})
     assert not_cached == [], f"tasks computed again on a re-run: {not_cached}"
     assert elapsed < 0.10 * first_elapsed, (elapsed, first_elapsed)

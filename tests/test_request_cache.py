@@ -212,7 +212,9 @@ def test_concurrent_thread_writers_and_readers(tmp_path):
 def test_concurrent_process_writers(tmp_path):
     keys = [key(prompt=f"p{i}") for i in range(12)]
     writers = 4
-    ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    # spawn, not fork: forking a test process that runs other threads (Prefect, torch)
+    # can leave the child with a held lock.
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_write_many, args=(str(tmp_path), keys, w)) for w in range(writers)]
     reader = RequestCache(tmp_path)
     for p in procs:

@@ -151,14 +151,20 @@ def test_collate_pads_to_the_batch_not_the_dataset():
     assert collate([a, b], pad_id=0, pad_to=6)["input_ids"].shape == (2, 6)
 
 
-def test_target_loss_counts_only_program_tokens_and_ignores_padding(tiny_causal_dir, tokenizer):
+def test_target_loss_counts_only_program_tokens_and_ignores_padding(
+    tiny_causal_dir, tokenizer, monkeypatch
+):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir).eval()
     enc, _ = encode_examples(make_examples(3), tokenizer, seq2seq=False, max_seq_len=512)
     with torch.no_grad():
         batch = collate(enc, tokenizer.pad_token_id)
+        assert training._takes_logits_to_keep(model)
         got = training._target_loss(model, batch, seq2seq=False)
+        # Models without `logits_to_keep` compute every position and select the targets.
+        monkeypatch.setattr(training, "_takes_logits_to_keep", lambda m: False)
+        got_full = training._target_loss(model, batch, seq2seq=False)
         # Reference: full logits, shifted by hand, per example without any padding.
         want = 0.0
         for e in enc:
@@ -168,6 +174,7 @@ def test_target_loss_counts_only_program_tokens_and_ignores_padding(tiny_causal_
             keep = target != IGNORE_INDEX
             want += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
     assert torch.allclose(got, want, rtol=1e-4), (got, want)
+    assert torch.allclose(got_full, want, rtol=1e-4), (got_full, want)
 
 
 def test_config_hash_is_stable_and_sees_every_field():

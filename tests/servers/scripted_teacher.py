@@ -11,6 +11,9 @@ questions), and it answers the project's three teacher prompts:
 - "harder versions" prompts: each new problem adds one more quantity;
 - "similar difficulty" prompts: the same structure with new names and numbers.
 
+`--latency S` makes every completion request take S seconds, like a served model does
+(a real teacher takes seconds per request; caching is what lets a re-run skip them).
+
 Every request is appended to a JSON-lines log (a hash of the prompt, n, seed), so tests can
 count which prompts reached the teacher. Run: python -m tests.servers.scripted_teacher
 --port P --log FILE.
@@ -23,6 +26,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAMES = ["Ava", "Ben", "Cora", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lia"]
@@ -98,6 +102,7 @@ def answer(text: str, seed, index: int) -> str:
 
 class Handler(BaseHTTPRequestHandler):
     log_path: str | None = None
+    latency_s: float = 0.0
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output quiet
@@ -130,6 +135,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": "not found"}})
             return
         n, seed = int(req.get("n", 1) or 1), req.get("seed")
+        if self.latency_s:
+            time.sleep(self.latency_s)
         if self.log_path:
             with self.lock, open(self.log_path, "a") as fh:
                 fh.write(
@@ -173,8 +180,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds per completion request")
     args = ap.parse_args(argv)
     Handler.log_path = args.log
+    Handler.latency_s = args.latency
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"scripted teacher on 127.0.0.1:{args.port}", flush=True)
