@@ -253,9 +253,17 @@ def _target_loss(model: Any, batch: dict, seq2seq: bool) -> Any:
         labels = batch["labels"]
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
-        logits = out.logits if out.logits.dim() == 2 else out.logits[keep]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = None
+        if _takes_logits_to_keep(model):
+            try:
+                logits = model(**inputs, logits_to_keep=keep).logits
+            except (IndexError, TypeError):  # a model that only takes an int there
+                logits = None
+            if logits is not None and (logits.dim() != 2 or logits.size(0) != int(keep.sum())):
+                logits = None  # not the flattened kept positions: compute them all
+        if logits is None:
+            logits = model(**inputs).logits[keep]
         targets = labels[:, 1:][keep[:, :-1]]
     return F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)),
