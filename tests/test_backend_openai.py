@@ -137,7 +137,8 @@ def test_chat_request_carries_every_sampling_field(srv, monkeypatch):
     )
     chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}]
     out = _backend(srv.base_url).generate(["what is 1+1?", chat], params)
-    first, second = srv.bodies
+    # The two requests are in flight at once: the server may receive them in either order.
+    first, second = sorted(srv.bodies, key=lambda b: len(b["messages"]))
     assert first == {
         "model": "faulty-model",
         "max_tokens": 77,
