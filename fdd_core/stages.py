@@ -186,6 +186,36 @@ def _parse_and_run(
     )
 
 
+def _teacher_programs(
+    problems: Sequence[Problem],
+    teacher: Backend,
+    tcfg: TeacherConfig,
+    n: int,
+    stage: str,
+    round_index: int,
+    sandbox: Sandbox,
+    cache: RequestCache | None,
+    stats: Counter,
+) -> tuple[_Run, int]:
+    """Ask the teacher for n programs per problem, parse and execute them.
+
+    Returns the executed programs and how many programs were asked for per problem (1 when
+    the teacher is greedy).
+    """
+    template = load_template("program")
+    params = _teacher_params(
+        tcfg, n, tcfg.max_tokens, stage_seed(tcfg.seed, stage, round_index), _program_stop(tcfg)
+    )
+    outs = cached_generate(
+        teacher,
+        _program_prompts(problems, tcfg),
+        params,
+        cache=cache,
+        prompt_version=f"{template.version}/{tcfg.prompt_style}",
+    )
+    return _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats), params.n
+
+
 # --------------------------------------------------------------------------- round 0
 
 
@@ -202,21 +232,9 @@ def write_rationales(
     """k teacher programs per problem; the ones whose answer matches the reference are kept."""
     template = load_template("program")
     stats: Counter = Counter(problems=len(problems), duplicate_program=0)
-    params = _teacher_params(
-        tcfg,
-        tcfg.n_samples,
-        tcfg.max_tokens,
-        stage_seed(tcfg.seed, "rationales", round_index),
-        _program_stop(tcfg),
+    run, _ = _teacher_programs(
+        problems, teacher, tcfg, tcfg.n_samples, "rationales", round_index, sandbox, cache, stats
     )
-    outs = cached_generate(
-        teacher,
-        _program_prompts(problems, tcfg),
-        params,
-        cache=cache,
-        prompt_version=f"{template.version}/{tcfg.prompt_style}",
-    )
-    run = _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats)
     examples: list[Example] = []
     seen: set[str] = set()
     solved: set[int] = set()
@@ -409,21 +427,9 @@ def label_problems(
     stats: Counter = Counter(
         problems=len(problems), accepted=0, rejected_no_answer=0, rejected_low_agreement=0
     )
-    params = _teacher_params(
-        tcfg,
-        lcfg.n_programs,
-        tcfg.max_tokens,
-        stage_seed(tcfg.seed, "label", round_index),
-        _program_stop(tcfg),
+    run, n_asked = _teacher_programs(
+        problems, teacher, tcfg, lcfg.n_programs, "label", round_index, sandbox, cache, stats
     )
-    outs = cached_generate(
-        teacher,
-        _program_prompts(problems, tcfg),
-        params,
-        cache=cache,
-        prompt_version=f"{template.version}/{tcfg.prompt_style}",
-    )
-    run = _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats)
     by_problem: dict[int, list[tuple[int, str, float | None]]] = {}
     for (i, j), program, answer in zip(run.owner, run.programs, run.answers):
         by_problem.setdefault(i, []).append((j, program, answer))
@@ -432,7 +438,7 @@ def label_problems(
         got = by_problem.get(i, [])
         # Programs that failed to run or were never parsed still count as votes against:
         # agreement is measured over all n programs the teacher was asked for.
-        answers = [a for _, _, a in got] + [None] * (params.n - len(got))
+        answers = [a for _, _, a in got] + [None] * (n_asked - len(got))
         vote = majority_vote(answers, rel_tol=rel_tol)
         if vote.answer is None:
             stats["rejected_no_answer"] += 1
