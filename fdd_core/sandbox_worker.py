@@ -237,8 +237,24 @@ def setup_isolation(cfg: dict) -> dict:
         info["readonly_fs"] = _mount_setattr_readonly("/")
         # A private tmpfs on /tmp holds the scratch folder and hides the host's /tmp;
         # mode 0555: only the worker (root in its namespace) creates folders there.
-        if _mount_tmpfs("/tmp", f"size={cfg['scratch_mb']}m,nr_inodes=4096,mode=0555"):
-            info["private_tmp"] = True
+        # A Python (say a virtual environment) that lives under /tmp would vanish under the
+        # new tmpfs: keep descriptors to it, then bind it back, read-only, at the same path.
+        keep: list[str] = []
+        for path in sorted({os.path.realpath(p) for p in python_paths if os.path.isdir(p)}):
+            if path.startswith("/tmp/") and not any(path.startswith(k + "/") for k in keep):
+                keep.append(path)
+        fds = {path: os.open(path, os.O_PATH) for path in keep}
+        try:
+            if _mount_tmpfs("/tmp", f"size={cfg['scratch_mb']}m,nr_inodes=4096,mode=0555"):
+                info["private_tmp"] = True
+                for path, fd in fds.items():
+                    os.makedirs(path, 0o755, exist_ok=True)
+                    src = f"/proc/self/fd/{fd}".encode()
+                    if LIBC.mount(src, path.encode(), None, MS_BIND | MS_REC, None) == 0:
+                        _mount_setattr_readonly(path)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         # /run holds Unix sockets (D-Bus, databases) that a namespace does not cut off.
         if os.path.isdir("/run"):
             _mount_tmpfs("/run", "size=16k,mode=0555", MS_NOSUID | MS_NODEV | MS_RDONLY)
