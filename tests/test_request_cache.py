@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fdd_core.backends import cache as cache_mod
 from fdd_core.backends.base import Completion, SamplingParams
 from fdd_core.backends.cache import RequestCache, cached_generate, request_key
 
@@ -129,7 +128,7 @@ def test_failed_write_leaves_old_entry_and_no_temp_file(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(cache_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         cache.put(k, [Completion("new")])
     monkeypatch.undo()

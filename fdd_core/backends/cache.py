@@ -30,14 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fdd_core.backends.base import Backend, Completion, Prompt, SamplingParams, prompt_key
+from fdd_core.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -154,21 +153,7 @@ class RequestCache:
             "meta": meta or {},
         }
         data = json.dumps(entry, ensure_ascii=False).encode("utf-8")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_bytes(path, data, fsync=self.fsync)
         self._count(writes=1)
 
 
