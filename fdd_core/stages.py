@@ -338,12 +338,10 @@ def split_by_grade(
 
 
 def student_backend_config(student: StudentConfig, model: ModelRef | None) -> StudentConfig:
-    """The model config that runs a trained student (base + adapter, or the full folder)."""
-    if model is None:
-        return student
-    if model.adapter:
-        return student.model_copy(update={"model": student.model, "adapter": model.path})
-    return student.model_copy(update={"model": model.path, "adapter": None})
+    """The model config that runs a trained student (the base model when none was trained)."""
+    from fdd_core.training import student_model_config
+
+    return student if model is None else student_model_config(model, student)
 
 
 # --------------------------------------------------------------------------- synthesis
