@@ -1,8 +1,8 @@
 """Throughput of the hf backend against the plain one-prompt-at-a-time `model.generate` loop.
 
     python -m bench.bench_hf_generate [--prompts 64] [--max-tokens 64] [--n 4]
-        [--batch-size 16] [--baseline-prompts 6] [--model smollm2-135m-instruct] [--no-llama]
-        [--threads N] [--dtype auto|bfloat16] [--skip-greedy]
+        [--batch-size 64] [--baseline-prompts 6] [--model smollm2-135m-instruct] [--no-llama]
+        [--threads N] [--dtype auto|bfloat16] [--skip-greedy] [--out FILE]
 
 Prompts are the teacher's real few-shot Program-of-Thought chat prompts
 (`fdd_core.prompts.program_messages`, about 400 tokens each with the chat template) over the
@@ -10,13 +10,14 @@ embedded training questions. Measured in one run, on the same model and thread c
 
 - baseline: `model.generate` greedy, one prompt at a time, on the first
   `--baseline-prompts` prompts (it is the slow path, so a subset; tokens/s is what compares);
-- hf backend greedy over all prompts, and sampled with `n` samples per prompt
-  (temperature 0.7, top-p 0.95, seeded), as the teacher runs;
+- hf backend greedy over all prompts (the student's evaluation workload), and sampled with
+  `n` samples per prompt (temperature 0.7, top-p 0.95, seeded), as the teacher runs; both
+  with the same `--batch-size` sequences per forward batch;
 - llama.cpp single stream (Q4_1 GGUF, greedy) through `/work/main/.venv-llama/bin/python`
   when that interpreter can import llama_cpp (skipped otherwise, and said so).
 
 Tokens are generated tokens (EOS included when emitted), never prompt tokens. Prints a
-markdown table and writes bench/results/hf_generate.json.
+markdown table and writes bench/results/hf_generate.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -138,7 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="sequences per forward batch (the backend's batch_size: greedy 64 prompts, "
+        "sampled 64 // n prompts)",
+    )
     ap.add_argument("--baseline-prompts", type=int, default=6)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--skip-greedy", action="store_true", help="only the sampled run")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON result goes")
     args = ap.parse_args(argv)
 
     import torch
@@ -171,13 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         backend, prompts[: args.baseline_prompts], args.max_tokens
     )
     if not args.skip_greedy:
-        rows[f"hf backend, greedy, batch {args.batch_size}"] = run_backend(
+        rows[f"hf backend, greedy, {args.batch_size} seq/batch"] = run_backend(
             backend, prompts, SamplingParams(max_tokens=args.max_tokens)
         )
     sampled = SamplingParams(
         n=args.n, temperature=0.7, top_p=0.95, max_tokens=args.max_tokens, seed=0
     )
-    rows[f"hf backend, sampled n={args.n}, batch {args.batch_size}"] = run_backend(
+    rows[f"hf backend, sampled n={args.n}, {args.batch_size} seq/batch"] = run_backend(
         backend, prompts, sampled
     )
     if not args.no_llama:
@@ -205,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
     print(render(result))
     return result
 

@@ -1,7 +1,7 @@
 """The request cache serving a repeated generation: the second run must cost under 5% of the first.
 
     python -m bench.bench_request_cache [--prompts 1000] [--max-tokens 8] [--n 2]
-        [--batch-size 32] [--threads N]
+        [--batch-size 64] [--threads N]
 
 A real backend that costs real time: the hf backend on a tiny random Llama (embedded
 tokenizer, built into a temporary folder), sampled with a seed so every request is
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=1000)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--n", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per batch")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 

@@ -51,7 +51,12 @@ class ModelConfig(Section):
         "auto", description="Weights dtype; 'auto' is bfloat16 on GPU and float32 on CPU."
     )
     batch_size: int = Field(
-        16, ge=1, le=4096, description="Prompts per forward batch (hf) before `n` expansion."
+        64,
+        ge=1,
+        le=4096,
+        description="Sequences per forward batch (hf): batch_size // n prompts, each with its "
+        "n samples (a prompt's samples are never split). Bounds memory for greedy and sampled "
+        "calls alike.",
     )
     base_url: str | None = Field(
         None,
@@ -302,7 +307,13 @@ class EvaluationConfig(Section):
         "benchmarks without one come from the hub (needs a network).",
     )
     limit: int | None = Field(None, ge=1, description="Score only the first N problems.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Problems per generation batch.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Problems sent to the student per generate call; their programs run in "
+        "the sandbox while the next batch generates.",
+    )
 
 
 class OrchestrationConfig(Section):

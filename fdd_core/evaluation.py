@@ -154,7 +154,7 @@ def evaluate(
     problems: Sequence[Problem],
     sandbox_cfg: SandboxConfig,
     *,
-    batch_size: int = 32,
+    batch_size: int = 64,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
     max_tokens: int | None = None,

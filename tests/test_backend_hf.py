@@ -60,13 +60,14 @@ def tiny_dir(tiny_causal_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir) -> HFBackend:
-    return HFBackend(str(tiny_dir), batch_size=2, device="cpu", progress=False)
+    # 4 sequences a batch: greedy buckets of 4 prompts, n=2 buckets of 2 (both pad)
+    return HFBackend(str(tiny_dir), batch_size=4, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_s2s(tiny_seq2seq_dir, tmp_path_factory) -> HFBackend:
     path = _lively_copy(tiny_seq2seq_dir, tmp_path_factory.mktemp("lively-s2s"), seq2seq=True)
-    return HFBackend(str(path), batch_size=2, device="cpu", progress=False)
+    return HFBackend(str(path), batch_size=4, device="cpu", progress=False)
 
 
 def plain_generate(backend: HFBackend, prompt, max_tokens: int) -> tuple[str, int]:
@@ -100,6 +101,29 @@ def test_n_completions_per_prompt_in_prompt_order(tiny):
     # and each prompt gets what it gets when generated alone (per-prompt random streams)
     for i in (0, 2, 4):
         assert tiny.generate([PROMPTS[i]], params)[0] == out[i]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "n", "sizes"),
+    [(4, 1, [4, 1]), (4, 2, [2, 2, 1]), (4, 3, [1] * 5), (6, 3, [2, 2, 1]), (64, 1, [5])],
+)
+def test_batch_size_counts_sequences(tiny, monkeypatch, batch_size, n, sizes):
+    """A bucket holds batch_size // n prompts (at least one); rows = prompts x n."""
+    backend = tiny.with_batch_size(batch_size)
+    seen: list[tuple[int, int]] = []
+    real = HFBackend._generate_bucket
+
+    def spy(self, rows, seeds, params, *args, **kwargs):
+        out = real(self, rows, seeds, params, *args, **kwargs)
+        seen.append((len(rows), sum(len(r) for r in out)))
+        return out
+
+    monkeypatch.setattr(HFBackend, "_generate_bucket", spy)
+    params = SamplingParams(max_tokens=2) if n == 1 else SamplingParams(n=n, seed=0, **SAMPLED)
+    out = backend.generate(PROMPTS, params)
+    assert [prompts for prompts, _ in seen] == sizes
+    assert [rows for _, rows in seen] == [s * n for s in sizes]
+    assert all(len(row) == n for row in out)
 
 
 def test_empty_prompt_list(tiny):

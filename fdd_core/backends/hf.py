@@ -4,12 +4,16 @@ Loads the embedded model (``smollm2-135m-instruct``), a local checkpoint, a hub 
 network), or a base model plus a LoRA adapter folder (merged into the weights for speed).
 Causal LMs and encoder-decoder (T5-style) models are both supported.
 
-How generation runs, and why it does not call ``model.generate`` (measured numbers are in
-bench/bench_hf_generate.py; on 2 CPU cores the loop below is over 10x the tokens/s of
-one-prompt-at-a-time ``generate`` for the teacher's sampled prompts):
+How generation runs, and why it does not call ``model.generate`` (measured by
+bench/bench_hf_generate.py, numbers in docs/BENCHMARKS.md: on 2 CPU cores the loop below
+is over 10x the tokens/s of one-prompt-at-a-time ``generate``, greedy and sampled):
 
-- Prompts are tokenized once, sorted by token length (longest first) and cut into buckets of
-  ``batch_size`` prompts, so a bucket holds prompts of similar length and little padding.
+- Prompts are tokenized once, sorted by token length (longest first) and cut into buckets,
+  so a bucket holds prompts of similar length and little padding. ``batch_size`` counts
+  sequences, not prompts: a bucket holds ``batch_size // n`` prompts (at least one), each
+  expanded to its ``n`` samples, so memory per forward is the same for greedy decoding and
+  for sampling, and greedy calls get wide batches too (on CPU a wide batch is what turns
+  the weights' memory traffic into arithmetic). A prompt's ``n`` samples are never split.
   Causal LMs are left padded, with position ids counted from each row's first real token.
 - A token prefix that every prompt of the call shares (the teacher's few-shot template is
   ~375 of its ~410 tokens) is prefilled once per call, not once per prompt. On SDPA models
@@ -715,7 +719,7 @@ class HFBackend:
         adapter: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 64,
         cache_dir: str | None = None,
         progress: bool | None = None,
     ) -> None:
@@ -827,9 +831,10 @@ class HFBackend:
             order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
             results: list[list[Completion] | None] = [None] * len(prompts)
             desc = f"hf {Path(self.model_name).name or self.model_name}"
+            per_bucket = self.prompts_per_bucket(params.n)
             with Progress(len(prompts) * params.n, desc, unit="seq", enabled=self.progress) as bar:
-                for start in range(0, len(order), self.batch_size):
-                    bucket = order[start : start + self.batch_size]
+                for start in range(0, len(order), per_bucket):
+                    bucket = order[start : start + per_bucket]
                     outs = self._generate_bucket(
                         [encoded[i] for i in bucket],
                         [seeds[i] for i in bucket],
@@ -842,6 +847,10 @@ class HFBackend:
                     for i, completions in zip(bucket, outs):
                         results[i] = completions
         return results  # type: ignore[return-value]
+
+    def prompts_per_bucket(self, n: int) -> int:
+        """Prompts per forward batch: `batch_size` sequences over `n` samples each (>= 1)."""
+        return max(1, self.batch_size // n)
 
     def _row_seeds(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[int]]:
         if params.greedy:
