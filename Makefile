@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 LLAMA_VENV  ?= .venv-llama
 LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed
 
-.PHONY: run test test-fast install clean-venv bench
+.PHONY: run test test-fast install clean-venv bench lint format
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ test: $(STAMP) $(LLAMA_STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -153,8 +153,8 @@ MULTIARITH_LIKE = [
 ]
 ASDIV_LIKE = [
     (
-        "{name} has {n1} crayons in a drawer. {name2} took {n2} crayons out of the drawer. How many "
-        "crayons are now in the drawer?"
+        "{name} has {n1} crayons in a drawer. {name2} took {n2} crayons out of the drawer. "
+        "How many crayons are now in the drawer?"
     ),
     (
         "There were {n1} kids in the soccer league in {year}. The number grew by {n2} kids every "
@@ -616,20 +616,46 @@ def _markdown(r: dict) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| ours: filter_problems on {r['n_candidates']:,} (dedup + decontamination, 4 test sets) | {r['ours_seconds']:.1f} s wall, {r['ours_cpu_seconds']:.1f} s CPU |",
-        f"| kept | {r['kept']:,} |",
     ]
-    for reason, count in r["dropped"].items():
-        lines.append(f"| dropped: {reason} | {count:,} |")
+    contaminated = ", ".join(f"{k} {v}" for k, v in r["contaminated_by_benchmark"].items())
+    measures = [
+        (
+            f"ours: filter_problems on {r['n_candidates']:,} "
+            "(dedup + decontamination, 4 test sets)",
+            f"{r['ours_seconds']:.1f} s wall, {r['ours_cpu_seconds']:.1f} s CPU",
+        ),
+        ("kept", f"{r['kept']:,}"),
+        *((f"dropped: {reason}", f"{count:,}") for reason, count in r["dropped"].items()),
+        ("contamination by benchmark", contaminated),
+        (
+            f"baseline ROUGE-L dedup, {b['sample']:,}-question sample",
+            f"{b['seconds']:.1f} s wall, {b['cpu_seconds']:.1f} s CPU "
+            f"({b['comparisons']:,} comparisons, {b['dropped']} dropped)",
+        ),
+        (
+            "ours, dedup only, same sample",
+            f"{b['ours_dedup_only_same_sample_seconds']:.3f} s "
+            f"({b['ours_dedup_only_same_sample_dropped']} dropped)",
+        ),
+        (
+            "sample drops by planted label: baseline / ours",
+            f"{_fmt(b['dropped_by_planted_label'])} / "
+            f"{_fmt(b['ours_dedup_only_dropped_by_planted_label'])}",
+        ),
+        (
+            f"baseline extrapolated to {r['n_candidates']:,} ({b['extrapolation']})",
+            f"{b['extrapolated_seconds']:,.0f} s wall, {b['extrapolated_cpu_seconds']:,.0f} s CPU",
+        ),
+        (
+            "speed-up (extrapolated baseline / ours)",
+            f"{r['speedup_vs_extrapolated_baseline']:,.0f}x wall, "
+            f"{r['speedup_vs_extrapolated_baseline_cpu']:,.0f}x CPU",
+        ),
+        ("1-minute load average at the end (2 shared cores)", f"{r['load_average_1min']}"),
+        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
+    ]
+    lines += [f"| {measure} | {value} |" for measure, value in measures]
     lines += [
-        f"| contamination by benchmark | {', '.join(f'{k} {v}' for k, v in r['contaminated_by_benchmark'].items())} |",
-        f"| baseline ROUGE-L dedup, {b['sample']:,}-question sample | {b['seconds']:.1f} s wall, {b['cpu_seconds']:.1f} s CPU ({b['comparisons']:,} comparisons, {b['dropped']} dropped) |",
-        f"| ours, dedup only, same sample | {b['ours_dedup_only_same_sample_seconds']:.3f} s ({b['ours_dedup_only_same_sample_dropped']} dropped) |",
-        f"| sample drops by planted label: baseline / ours | {_fmt(b['dropped_by_planted_label'])} / {_fmt(b['ours_dedup_only_dropped_by_planted_label'])} |",
-        f"| baseline extrapolated to {r['n_candidates']:,} ({b['extrapolation']}) | {b['extrapolated_seconds']:,.0f} s wall, {b['extrapolated_cpu_seconds']:,.0f} s CPU |",
-        f"| speed-up (extrapolated baseline / ours) | {r['speedup_vs_extrapolated_baseline']:,.0f}x wall, {r['speedup_vs_extrapolated_baseline_cpu']:,.0f}x CPU |",
-        f"| 1-minute load average at the end (2 shared cores) | {r['load_average_1min']} |",
-        f"| peak RSS | {r['peak_rss_mb']:.0f} MB |",
         "",
         "| planted | n | caught | recall | outcome |",
         "|---|---|---|---|---|",
@@ -645,10 +671,10 @@ def _markdown(r: dict) -> str:
             extra += "; by true Jaccard " + ", ".join(
                 f"{k} {v}" for k, v in row["recall_by_true_jaccard"].items()
             )
+        outcome = ", ".join(f"{k} {v}" for k, v in row["outcome"].items())
         lines.append(
-            f"| {label} | {row['planted']:,} | {row.get('caught', '-')} | {row.get('recall', '-')}{extra} | "
-            + ", ".join(f"{k} {v}" for k, v in row["outcome"].items())
-            + " |"
+            f"| {label} | {row['planted']:,} | {row.get('caught', '-')} "
+            f"| {row.get('recall', '-')}{extra} | {outcome} |"
         )
     return "\n".join(lines)
 

@@ -46,20 +46,25 @@ def make_programs(n: int, seed: int = 0) -> list[tuple[str, float]]:
         a, b, c, p = rng.randint(10, 99), rng.randint(1, 9), rng.randint(1, 9), rng.randint(2, 9)
         kind = i % 4
         if kind == 0:
-            prog = (f"eggs_per_day = {a}\neaten = {b}\nbaked = {c}\nprice = {p}\n"
-                    "ans = (eggs_per_day - eaten - baked) * price")
+            prog = (
+                f"eggs_per_day = {a}\neaten = {b}\nbaked = {c}\nprice = {p}\n"
+                "ans = (eggs_per_day - eaten - baked) * price"
+            )
             want = (a - b - c) * p
         elif kind == 1:
-            prog = (f"import math\nside = {a}\narea = side * side\n"
-                    f"ans = math.sqrt(area) + {b}")
+            prog = f"import math\nside = {a}\narea = side * side\nans = math.sqrt(area) + {b}"
             want = a + b
         elif kind == 2:
-            prog = (f"from fractions import Fraction\nshare = Fraction({b}, {b + c})\n"
-                    f"total = {a * (b + c)}\nans = total * share")
+            prog = (
+                f"from fractions import Fraction\nshare = Fraction({b}, {b + c})\n"
+                f"total = {a * (b + c)}\nans = total * share"
+            )
             want = float(Fraction(b, b + c) * a * (b + c))
         else:
-            prog = (f"prices = [{a}, {b}, {c}, {p}]\ntotal = 0\nfor x in prices:\n"
-                    "    total += x\nans = total / len(prices)")
+            prog = (
+                f"prices = [{a}, {b}, {c}, {p}]\ntotal = 0\nfor x in prices:\n"
+                "    total += x\nans = total / len(prices)"
+            )
             want = (a + b + c + p) / 4
         out.append((prog, float(want)))
     return out
@@ -107,12 +112,15 @@ def bench_sandbox(programs, workers: int | None) -> dict:
     cpu1 = _cpu_self_and_children() + sum(_proc_cpu(p) for p in procs)
     sandbox.close()
     wrong = [
-        i for i, ((_, want), r) in enumerate(zip(programs, results, strict=True))
+        i
+        for i, ((_, want), r) in enumerate(zip(programs, results, strict=True))
         if not (r.ok and r.answer == want)
     ]
     if wrong:
-        raise SystemExit(f"sandbox gave wrong results for programs {wrong[:5]}: "
-                         f"{[results[i] for i in wrong[:2]]}")
+        raise SystemExit(
+            f"sandbox gave wrong results for programs {wrong[:5]}: "
+            f"{[results[i] for i in wrong[:2]]}"
+        )
     return {
         "workers": sandbox.n_workers,
         "programs": len(programs),
@@ -127,7 +135,9 @@ def bench_sandbox(programs, workers: int | None) -> dict:
 def _run_plain(program: str) -> float:
     res = subprocess.run(
         [sys.executable, "-c", program + "\nprint(repr(float(ans)))"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return float(res.stdout)
 
@@ -190,22 +200,32 @@ def main(argv=None) -> int:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
     iso = sandbox["isolation"]
-    print(f"\nSandbox throughput ({cores} cores, load average {load_before[0]:.1f} -> "
-          f"{load_after[0]:.1f}; isolation: {iso['launcher']}, network cut "
-          f"{iso['network_isolated']}, pid namespace {iso['pid_namespace']}, read-only fs "
-          f"{iso['readonly_fs']}, child runs as {iso['privilege']})\n")
+    print(
+        f"\nSandbox throughput ({cores} cores, load average {load_before[0]:.1f} -> "
+        f"{load_after[0]:.1f}; isolation: {iso['launcher']}, network cut "
+        f"{iso['network_isolated']}, pid namespace {iso['pid_namespace']}, read-only fs "
+        f"{iso['readonly_fs']}, child runs as {iso['privilege']})\n"
+    )
     print("| method | programs | programs/s | CPU ms/program | speed-up |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| `python -c` per program, serial (baseline) | {base['programs']} | "
-          f"{base['programs_per_s']:.1f} | {base['cpu_ms_per_program']:.1f} | 1.0x |")
-    print(f"| `python -c` per program, {cores} at a time | {base_par['programs']} | "
-          f"{base_par['programs_per_s']:.1f} | {base_par['cpu_ms_per_program']:.1f} | "
-          f"{base_par['programs_per_s'] / base['programs_per_s']:.1f}x |")
-    print(f"| Sandbox, {sandbox['workers']} warm workers (fork per program) | "
-          f"{sandbox['programs']} | {sandbox['programs_per_s']:.0f} | "
-          f"{sandbox['cpu_ms_per_program']:.2f} | **{ratio:.1f}x** |")
-    print(f"\nvs. the parallel baseline: {ratio_par:.1f}x; CPU per program: {cpu_ratio:.1f}x "
-          f"less; worker start-up {sandbox['startup_s']:.2f} s (once). Wrote {RESULTS}")
+    print(
+        f"| `python -c` per program, serial (baseline) | {base['programs']} | "
+        f"{base['programs_per_s']:.1f} | {base['cpu_ms_per_program']:.1f} | 1.0x |"
+    )
+    print(
+        f"| `python -c` per program, {cores} at a time | {base_par['programs']} | "
+        f"{base_par['programs_per_s']:.1f} | {base_par['cpu_ms_per_program']:.1f} | "
+        f"{base_par['programs_per_s'] / base['programs_per_s']:.1f}x |"
+    )
+    print(
+        f"| Sandbox, {sandbox['workers']} warm workers (fork per program) | "
+        f"{sandbox['programs']} | {sandbox['programs_per_s']:.0f} | "
+        f"{sandbox['cpu_ms_per_program']:.2f} | **{ratio:.1f}x** |"
+    )
+    print(
+        f"\nvs. the parallel baseline: {ratio_par:.1f}x; CPU per program: {cpu_ratio:.1f}x "
+        f"less; worker start-up {sandbox['startup_s']:.2f} s (once). Wrote {RESULTS}"
+    )
     return 0
 
 

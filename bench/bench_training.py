@@ -88,8 +88,13 @@ def _examples(n: int, seed: int):
     out = []
     for question, answer, program in rows:
         problem = Problem.create(question, answer)
-        rat = Rationale(problem_id=problem.id, program=program, answer=answer,
-                        teacher="bench", prompt_version="bench")
+        rat = Rationale(
+            problem_id=problem.id,
+            program=program,
+            answer=answer,
+            teacher="bench",
+            prompt_version="bench",
+        )
         out.append(Example.join(problem, rat))
     return out, source
 
@@ -106,13 +111,26 @@ def _child(mode: str, args) -> dict:
 
     examples, _ = _examples(args.examples, args.seed)
     group, padding, gc = MODES[mode]
-    cfg = TrainingConfig(method=args.method, epochs=1.0, batch_size=args.batch_size,
-                         group_by_length=group, seed=args.seed, max_seq_len=1024,
-                         gradient_checkpointing=gc)
+    cfg = TrainingConfig(
+        method=args.method,
+        epochs=1.0,
+        batch_size=args.batch_size,
+        group_by_length=group,
+        seed=args.seed,
+        max_seq_len=1024,
+        gradient_checkpointing=gc,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        train_student(examples, "smollm2-135m-instruct", cfg, Path(tmp) / "m", device="cpu",
-                      padding=padding, progress=False)
+        train_student(
+            examples,
+            "smollm2-135m-instruct",
+            cfg,
+            Path(tmp) / "m",
+            device="cpu",
+            padding=padding,
+            progress=False,
+        )
         wall = time.perf_counter() - start
         meta = json.loads((Path(tmp) / "m" / "meta.json").read_text())
     return {
@@ -141,8 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--method", choices=("lora", "full"), default="lora")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads per run (0: torch's default)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads per run (0: torch's default)"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="runs per mode (best is kept)")
     ap.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -157,10 +176,23 @@ def main(argv=None) -> int:
     best: dict[str, dict] = {}
     for rep in range(args.repeats):
         for mode in MODES:
-            cmd = [sys.executable, "-m", "bench.bench_training", "--child", mode,
-                   "--examples", str(args.examples), "--batch-size", str(args.batch_size),
-                   "--method", args.method, "--seed", str(args.seed),
-                   "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.bench_training",
+                "--child",
+                mode,
+                "--examples",
+                str(args.examples),
+                "--batch-size",
+                str(args.batch_size),
+                "--method",
+                args.method,
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+            ]
             print(f"running {mode} ({rep + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
             done = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True)
             if done.returncode:
@@ -191,31 +223,44 @@ def main(argv=None) -> int:
         "method": args.method,
         "examples": len(examples),
         "source": source,
-        "chars_per_example": {"min": lengths[0], "median": lengths[len(lengths) // 2],
-                              "max": lengths[-1]},
+        "chars_per_example": {
+            "min": lengths[0],
+            "median": lengths[len(lengths) // 2],
+            "max": lengths[-1],
+        },
         "batch_size": args.batch_size,
         "torch_threads": args.threads or "default",
         "repeats": args.repeats,
         "runs": runs,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nStudent fine-tuning, {args.method}, embedded SmolLM2-135M, {len(examples)} "
-          f"examples ({source}), batch {args.batch_size}, one epoch each, CPU, "
-          f"torch threads {args.threads or 'default'}, best of {args.repeats}\n")
-    print("| batches | padding | grad. ckpt | steps | padding share | tokens/CPU-s | vs max-length "
-          "| tokens/s (wall) | vs max-length | peak RSS MB | vs max-length | final loss |")
+    print(
+        f"\nStudent fine-tuning, {args.method}, embedded SmolLM2-135M, {len(examples)} "
+        f"examples ({source}), batch {args.batch_size}, one epoch each, CPU, "
+        f"torch threads {args.threads or 'default'}, best of {args.repeats}\n"
+    )
+    print(
+        "| batches | padding | grad. ckpt | steps | padding share | tokens/CPU-s | vs max-length "
+        "| tokens/s (wall) | vs max-length | peak RSS MB | vs max-length | final loss |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
-        print(f"| {'length-grouped' if r['group_by_length'] else 'random'} | {r['padding']} "
-              f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['steps']} | {r['padding_share']:.0%} | {r['tokens_per_cpu_s']:.0f} "
-              f"| {r['cpu_speedup_vs_max_length']:.2f}x | {r['tokens_per_s']:.0f} "
-              f"| {r['wall_speedup_vs_max_length']:.2f}x | {r['peak_rss_mb']:.0f} "
-              f"| {r['rss_vs_max_length']:.2f}x | {r['final_loss']:.3f} |")
+        print(
+            f"| {'length-grouped' if r['group_by_length'] else 'random'} | {r['padding']} "
+            f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['steps']} "
+            f"| {r['padding_share']:.0%} | {r['tokens_per_cpu_s']:.0f} "
+            f"| {r['cpu_speedup_vs_max_length']:.2f}x | {r['tokens_per_s']:.0f} "
+            f"| {r['wall_speedup_vs_max_length']:.2f}x | {r['peak_rss_mb']:.0f} "
+            f"| {r['rss_vs_max_length']:.2f}x | {r['final_loss']:.3f} |"
+        )
     print(f"\nWrote {RESULTS}")
     return 0
 

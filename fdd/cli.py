@@ -65,8 +65,8 @@ def cmd_run(args) -> int:
 
         print("checking the config, data, models and endpoints ...", flush=True)
         preflight(cfg)
-    from flows.distill import fdd_distill, run_dir_for
     from fdd_core.reports import text_table
+    from flows.distill import fdd_distill, run_dir_for
 
     run_dir = run_dir_for(cfg)
     print(f"run folder: {run_dir}", flush=True)
@@ -76,15 +76,19 @@ def cmd_run(args) -> int:
     print()
     print(text_table([r.row() for r in result.rounds]), end="")
     print()
-    print(f"finished {len(result.rounds)} round(s) in {elapsed / 60:.1f} min"
-          + (" (stopped early: a round added nothing)" if result.stopped_early else ""))
+    print(
+        f"finished {len(result.rounds)} round(s) in {elapsed / 60:.1f} min"
+        + (" (stopped early: a round added nothing)" if result.stopped_early else "")
+    )
     print(f"run folder:   {result.run_dir}")
     print(f"datasets:     {Path(result.run_dir) / 'datasets'}")
     if result.rounds and result.rounds[-1].model is not None:
         print(f"last student: {result.rounds[-1].model.path}")
     print(f"report:       {Path(result.run_dir) / 'report.md'}")
-    print("inspect with: fdd runs list   |   fdd data show "
-          f"{result.rounds[-1].dataset.version_id[:12] if result.rounds else 'VERSION'}")
+    print(
+        "inspect with: fdd runs list   |   fdd data show "
+        f"{result.rounds[-1].dataset.version_id[:12] if result.rounds else 'VERSION'}"
+    )
     if cfg.teacher.model == EMBEDDED_MODEL and cfg.teacher.backend == "hf":
         print("\n" + EMBEDDED_NOTE.split(" For real runs")[0])
     return 0
@@ -149,14 +153,26 @@ def cmd_data_show(args) -> int:
     manifest = read_manifest(ref)
     print(f"dataset version {ref.version_id}")
     print(f"  path:     {ref.path}")
-    for key in ("round", "n_rows", "n_problems", "parent_version", "created_at", "config_hash",
-                "code_version"):
+    for key in (
+        "round",
+        "n_rows",
+        "n_problems",
+        "parent_version",
+        "created_at",
+        "config_hash",
+        "code_version",
+    ):
         if key in manifest:
             print(f"  {key + ':':<10}{manifest[key]}")
     print(f"  by origin: {json.dumps(manifest.get('counts_by_origin', {}), sort_keys=True)}")
     chain = lineage(Path(ref.path).parent, ref.version_id)
-    print("  lineage:  " + " <- ".join(
-        f"{m['version_id'][:12]} (round {m.get('round')}, {m.get('n_rows')} rows)" for m in chain))
+    print(
+        "  lineage:  "
+        + " <- ".join(
+            f"{m['version_id'][:12]} (round {m.get('round')}, {m.get('n_rows')} rows)"
+            for m in chain
+        )
+    )
     examples = read_examples(ref)[: args.n]
     for e in examples:
         print("\n" + "-" * 72)
@@ -185,8 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the FDD parent flow on a config")
     _add_config_args(p)
     p.add_argument("--run-name", help="run folder name (default: derived from the config hash)")
-    p.add_argument("--skip-preflight", action="store_true",
-                   help="skip the data/model/endpoint checks done before any work")
+    p.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="skip the data/model/endpoint checks done before any work",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("runs", help="inspect runs")
@@ -199,8 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = data_sub.add_parser("show", help="a dataset version: counts, lineage, examples")
     q.add_argument("version", help="version id or a unique prefix")
-    q.add_argument("--root", default="runs",
-                   help="storage root, a run folder or a datasets folder (default: runs)")
+    q.add_argument(
+        "--root",
+        default="runs",
+        help="storage root, a run folder or a datasets folder (default: runs)",
+    )
     q.add_argument("-n", type=int, default=3, help="examples to print (default 3)")
     q.set_defaults(func=cmd_data_show)
 
@@ -232,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fdd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fdd: interrupted; re-run the same command to continue from the last finished "
-              "shard", file=sys.stderr)
+        print(
+            "fdd: interrupted; re-run the same command to continue from the last finished shard",
+            file=sys.stderr,
+        )
         return 130
 
 

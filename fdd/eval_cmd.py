@@ -26,30 +26,72 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=EMBEDDED_MODEL,
-                   help="trained student folder (full or LoRA), checkpoint folder or model "
-                   f"name (default: {EMBEDDED_MODEL})")
-    p.add_argument("--benchmark", action="append", default=[], metavar="NAME",
-                   help="gsm8k, svamp, asdiv, multiarith, embedded, a .jsonl file or a .yaml "
-                   "spec (repeatable; default: embedded)")
-    p.add_argument("--data", action="append", default=[], metavar="[NAME=]FILE",
-                   help="local data file for a benchmark; plain FILE applies to the only "
-                   "--benchmark given (repeatable)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="score only the first N problems of each benchmark")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="results folder (default: <model>/eval or <cache>/eval/<model>)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="prompts per generation batch")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
-                   help="new tokens per program (default: the benchmark's own budget)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                   help="device for the in-process backend (default: auto)")
-    p.add_argument("--config", default=None, metavar="CONFIG",
-                   help="run config supplying student, sandbox, evaluation and storage "
-                   "settings (flags above win)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument(
+        "--model",
+        default=EMBEDDED_MODEL,
+        help="trained student folder (full or LoRA), checkpoint folder or model "
+        f"name (default: {EMBEDDED_MODEL})",
+    )
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="gsm8k, svamp, asdiv, multiarith, embedded, a .jsonl file or a .yaml "
+        "spec (repeatable; default: embedded)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="local data file for a benchmark; plain FILE applies to the only "
+        "--benchmark given (repeatable)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score only the first N problems of each benchmark",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="results folder (default: <model>/eval or <cache>/eval/<model>)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="N", help="prompts per generation batch"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="new tokens per program (default: the benchmark's own budget)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="device for the in-process backend (default: auto)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="CONFIG",
+        help="run config supplying student, sandbox, evaluation and storage "
+        "settings (flags above win)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -77,8 +119,11 @@ def _positive(value: int | None, flag: str) -> None:
 
 def _build(args) -> tuple[RunConfig, list[str]]:
     cfg = load_config(args.config, args.overrides)
-    for value, flag in ((args.limit, "--limit"), (args.batch_size, "--batch-size"),
-                        (args.max_tokens, "--max-tokens")):
+    for value, flag in (
+        (args.limit, "--limit"),
+        (args.batch_size, "--batch-size"),
+        (args.max_tokens, "--max-tokens"),
+    ):
         _positive(value, flag)
     benchmarks = args.benchmark or list(cfg.evaluation.benchmarks) or ["embedded"]
     ev = cfg.evaluation
@@ -108,17 +153,29 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
     out = Path(args.out) if args.out else default_eval_dir(args.model, cfg.storage.cache_dir)
-    print(f"evaluating {args.model} on {', '.join(benchmarks)}"
-          + (f" (first {cfg.evaluation.limit} problems each)" if cfg.evaluation.limit else ""),
-          flush=True)
+    print(
+        f"evaluating {args.model} on {', '.join(benchmarks)}"
+        + (f" (first {cfg.evaluation.limit} problems each)" if cfg.evaluation.limit else ""),
+        flush=True,
+    )
     try:
         results = evaluate_model(
-            args.model, benchmarks, eval_cfg=cfg.evaluation, sandbox_cfg=cfg.sandbox,
-            student_cfg=cfg.student, out_dir=out, cache_dir=cfg.storage.cache_dir,
+            args.model,
+            benchmarks,
+            eval_cfg=cfg.evaluation,
+            sandbox_cfg=cfg.sandbox,
+            student_cfg=cfg.student,
+            out_dir=out,
+            cache_dir=cfg.storage.cache_dir,
             max_tokens=args.max_tokens,
         )
-    except (DataFileNotFoundError, DataFormatError, DataUnavailableError,
-            ModelNotFoundError, FileNotFoundError) as exc:
+    except (
+        DataFileNotFoundError,
+        DataFormatError,
+        DataUnavailableError,
+        ModelNotFoundError,
+        FileNotFoundError,
+    ) as exc:
         raise ConfigError(str(exc)) from None
     rows = [{"benchmark": name, **res.summary()} for name, res in results.items()]
     print()

@@ -106,8 +106,9 @@ def _spec_dir():
 
 def list_specs() -> list[str]:
     """Names of the packaged benchmark specs."""
-    return sorted(p.name[: -len(".yaml")] for p in _spec_dir().iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in _spec_dir().iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _parse(text: str, source: str) -> BenchmarkSpec:
@@ -143,8 +144,9 @@ def jsonl_spec(path: str | Path) -> BenchmarkSpec:
     if not p.is_file():
         raise FileNotFoundError(f"benchmark file not found: {p}")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem).lstrip("._-") or "jsonl"
-    return BenchmarkSpec(name=name, description=f"user file {p}", loader="jsonl",
-                         path=str(p), version=1)
+    return BenchmarkSpec(
+        name=name, description=f"user file {p}", loader="jsonl", path=str(p), version=1
+    )
 
 
 def load_spec(name_or_path: str | Path) -> BenchmarkSpec:

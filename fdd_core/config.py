@@ -378,9 +378,10 @@ class RunConfig(Section):
                 f"labeling.max_rationales ({self.labeling.max_rationales}) cannot exceed "
                 f"labeling.n_programs ({self.labeling.n_programs})"
             )
-        if self.teacher.temperature == 0 and max(
-            self.teacher.n_samples, self.labeling.n_programs
-        ) > 1:
+        if (
+            self.teacher.temperature == 0
+            and max(self.teacher.n_samples, self.labeling.n_programs) > 1
+        ):
             raise ValueError(
                 "teacher.temperature is 0 (greedy), which gives one program per prompt, but "
                 f"teacher.n_samples={self.teacher.n_samples} and labeling.n_programs="
@@ -472,7 +473,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), *, source: str = "<dict>") -> RunConfig:
+def config_from_dict(
+    data: dict, overrides: list[str] | tuple[str, ...] = (), *, source: str = "<dict>"
+) -> RunConfig:
     tree = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         key, value = parse_override(item)

@@ -24,11 +24,12 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from fdd_core.config import BENCHMARK_NAMES, DataSource
 from fdd_core.schemas import Problem
@@ -144,8 +145,9 @@ def _get_field(record: Any, names: tuple[str, ...]) -> Any:
     """The first of `names` present in a mapping record (hub copies rename columns)."""
     if not isinstance(record, dict):
         raise _RowError(
-            names[0], "not_an_object", f"expected an object with field '{names[0]}', "
-            f"got {type(record).__name__}"
+            names[0],
+            "not_an_object",
+            f"expected an object with field '{names[0]}', got {type(record).__name__}",
         )
     for name in names:
         if name in record and record[name] is not None:
@@ -254,8 +256,7 @@ def _json_list(path: Path) -> list[Any]:
         ) from None
     if not isinstance(data, list):
         raise DataFormatError(
-            f"{path}: expected a JSON list of problems at the top level, "
-            f"got {type(data).__name__}"
+            f"{path}: expected a JSON list of problems at the top level, got {type(data).__name__}"
         )
     return data
 
@@ -277,13 +278,15 @@ def _parse_gsm8k(record: Any) -> tuple[str, float]:
     match = _GSM8K_FINAL.search(solution)
     if match is None:
         raise _RowError(
-            "answer", "missing_final_answer",
+            "answer",
+            "missing_final_answer",
             f"expected the solution to end with '#### <number>', got {_short(solution[-40:])}",
         )
     number = _to_number(match.group(1))
     if number is None:
         raise _RowError(
-            "answer", "non_numeric_answer",
+            "answer",
+            "non_numeric_answer",
             f"expected a number after '####', got {_short(match.group(1))}",
         )
     return question, number
@@ -390,18 +393,21 @@ def _parse_multiarith(record: Any) -> tuple[str, float]:
     solutions = _get_field(record, ("lSolutions",))
     if not isinstance(solutions, list) or not solutions:
         raise _RowError(
-            "lSolutions", "non_numeric_answer",
+            "lSolutions",
+            "non_numeric_answer",
             f"expected a non-empty list of numbers, got {_short(solutions)}",
         )
     numbers = [_to_number(s) for s in solutions]
     if any(n is None for n in numbers):
         raise _RowError(
-            "lSolutions", "non_numeric_answer",
+            "lSolutions",
+            "non_numeric_answer",
             f"expected a list of numbers, got {_short(solutions)}",
         )
     if len(set(numbers)) > 1:  # one problem, one answer: several different ones is damage
         raise _RowError(
-            "lSolutions", "ambiguous_answer",
+            "lSolutions",
+            "ambiguous_answer",
             f"expected one solution, got {len(numbers)} different ones: {_short(solutions)}",
         )
     return question, numbers[0]
@@ -460,8 +466,12 @@ HUB_DATASETS: dict[str, tuple[str, str | None, dict[str, str], RowParser]] = {
     "svamp": ("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, _parse_svamp),
     # The hub copy of ASDiv has one split, 'validation' (all 2,305 problems).
     "asdiv": ("EleutherAI/asdiv", "asdiv", {"test": "validation"}, _parse_asdiv),
-    "multiarith": ("ChilleD/MultiArith", None, {"train": "train", "test": "test"},
-                   _parse_multiarith),
+    "multiarith": (
+        "ChilleD/MultiArith",
+        None,
+        {"train": "train", "test": "test"},
+        _parse_multiarith,
+    ),
 }
 
 
@@ -518,7 +528,8 @@ def load_source(source: DataSource, *, strict: bool = True) -> LoadResult:
         result = load_jsonl(path, strict=strict)
     elif name == "embedded":
         result = (
-            load_jsonl(path, strict=strict, source_name="embedded") if path
+            load_jsonl(path, strict=strict, source_name="embedded")
+            if path
             else load_embedded(source.split)
         )
     elif path:
@@ -538,9 +549,7 @@ def load_benchmark(
 ) -> LoadResult:
     """A benchmark by name (gsm8k, svamp, asdiv, multiarith, embedded) or a .jsonl path."""
     if name in BENCHMARK_NAMES:
-        source = DataSource(
-            name=name, path=str(path) if path else None, split=split, limit=limit
-        )
+        source = DataSource(name=name, path=str(path) if path else None, split=split, limit=limit)
         return load_source(source, strict=strict)
     if name.endswith(".jsonl") or Path(name).is_file():
         return _limited(load_jsonl(path or name, strict=strict), limit)

@@ -23,11 +23,11 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
-from typing import Callable
 
 from fdd_core.schemas import normalize_text
 
@@ -39,36 +39,81 @@ FILES = {"train": "embedded_train.jsonl", "test": "embedded_test.jsonl"}
 
 # (name, subject pronoun, possessive pronoun)
 PEOPLE = [
-    ("Ava", "she", "her"), ("Liam", "he", "his"), ("Maya", "she", "her"),
-    ("Noah", "he", "his"), ("Priya", "she", "her"), ("Omar", "he", "his"),
-    ("Sofia", "she", "her"), ("Kenji", "he", "his"), ("Amara", "she", "her"),
-    ("Lucas", "he", "his"), ("Zoe", "she", "her"), ("Mateo", "he", "his"),
-    ("Chloe", "she", "her"), ("Ravi", "he", "his"), ("Hana", "she", "her"),
-    ("Diego", "he", "his"), ("Nora", "she", "her"), ("Samuel", "he", "his"),
-    ("Leila", "she", "her"), ("Tomas", "he", "his"), ("Grace", "she", "her"),
-    ("Yusuf", "he", "his"), ("Mei", "she", "her"), ("Ethan", "he", "his"),
-    ("Isla", "she", "her"), ("Kofi", "he", "his"), ("Elena", "she", "her"),
-    ("Arjun", "he", "his"), ("Fatima", "she", "her"), ("Jonah", "he", "his"),
+    ("Ava", "she", "her"),
+    ("Liam", "he", "his"),
+    ("Maya", "she", "her"),
+    ("Noah", "he", "his"),
+    ("Priya", "she", "her"),
+    ("Omar", "he", "his"),
+    ("Sofia", "she", "her"),
+    ("Kenji", "he", "his"),
+    ("Amara", "she", "her"),
+    ("Lucas", "he", "his"),
+    ("Zoe", "she", "her"),
+    ("Mateo", "he", "his"),
+    ("Chloe", "she", "her"),
+    ("Ravi", "he", "his"),
+    ("Hana", "she", "her"),
+    ("Diego", "he", "his"),
+    ("Nora", "she", "her"),
+    ("Samuel", "he", "his"),
+    ("Leila", "she", "her"),
+    ("Tomas", "he", "his"),
+    ("Grace", "she", "her"),
+    ("Yusuf", "he", "his"),
+    ("Mei", "she", "her"),
+    ("Ethan", "he", "his"),
+    ("Isla", "she", "her"),
+    ("Kofi", "he", "his"),
+    ("Elena", "she", "her"),
+    ("Arjun", "he", "his"),
+    ("Fatima", "she", "her"),
+    ("Jonah", "he", "his"),
 ]
 THINGS = [
-    "stickers", "marbles", "pencils", "apples", "cookies", "books", "seashells", "stamps",
-    "crayons", "oranges", "cupcakes", "buttons", "postcards", "toy cars", "beads",
-    "trading cards", "balloons", "erasers",
+    "stickers",
+    "marbles",
+    "pencils",
+    "apples",
+    "cookies",
+    "books",
+    "seashells",
+    "stamps",
+    "crayons",
+    "oranges",
+    "cupcakes",
+    "buttons",
+    "postcards",
+    "toy cars",
+    "beads",
+    "trading cards",
+    "balloons",
+    "erasers",
 ]
 CONTAINERS = ["boxes", "bags", "packs", "jars", "baskets", "crates", "trays", "tins"]
 # (singular, plural, price range in dollars)
 GOODS = [
-    ("notebook", "notebooks", (2, 9)), ("sandwich", "sandwiches", (4, 12)),
-    ("movie ticket", "movie tickets", (7, 15)), ("plant", "plants", (5, 20)),
-    ("toy robot", "toy robots", (10, 30)), ("candle", "candles", (3, 11)),
-    ("mug", "mugs", (4, 14)), ("kite", "kites", (6, 18)), ("puzzle", "puzzles", (8, 25)),
-    ("scarf", "scarves", (9, 28)), ("pen", "pens", (1, 5)), ("basketball", "basketballs", (12, 35)),
+    ("notebook", "notebooks", (2, 9)),
+    ("sandwich", "sandwiches", (4, 12)),
+    ("movie ticket", "movie tickets", (7, 15)),
+    ("plant", "plants", (5, 20)),
+    ("toy robot", "toy robots", (10, 30)),
+    ("candle", "candles", (3, 11)),
+    ("mug", "mugs", (4, 14)),
+    ("kite", "kites", (6, 18)),
+    ("puzzle", "puzzles", (8, 25)),
+    ("scarf", "scarves", (9, 28)),
+    ("pen", "pens", (1, 5)),
+    ("basketball", "basketballs", (12, 35)),
 ]
 FOODS = ["cookies", "muffins", "brownies", "pancakes", "dumplings", "cupcakes"]
 VEHICLES = [  # (vehicle, unit, lowest and highest speed)
-    ("A train", "kilometers", 60, 160), ("A bus", "miles", 25, 65),
-    ("A ferry", "kilometers", 15, 45), ("A car", "miles", 30, 75),
-    ("A boat", "kilometers", 10, 40), ("A truck", "miles", 35, 70),
+    ("A train", "kilometers", 60, 160),
+    ("A bus", "miles", 25, 65),
+    ("A ferry", "kilometers", 15, 45),
+    ("A car", "miles", 30, 75),
+    ("A boat", "kilometers", 10, 40),
+    ("A truck", "miles", 35, 70),
 ]
 TIMES = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
 GROUPS = [  # (place, members, description, its negation)
@@ -92,8 +137,12 @@ class GeneratedProblem:
     template: str
 
     def to_json(self) -> str:
-        row = {"question": self.question, "answer": self.answer, "steps": self.steps,
-               "template": self.template}
+        row = {
+            "question": self.question,
+            "answer": self.answer,
+            "steps": self.steps,
+            "template": self.template,
+        }
         return json.dumps(row, ensure_ascii=False)
 
 
@@ -122,59 +171,75 @@ def _percent_base(rng: random.Random, percent: int, low: int, high: int) -> int:
 def add_gain(rng):
     (n, _, _), (f, _, _) = _two_people(rng)
     thing, a, b = rng.choice(THINGS), rng.randint(3, 60), rng.randint(2, 40)
-    return (f"{n} has {a} {thing}. {f} gives {n} {b} more {thing}. "
-            f"How many {thing} does {n} have now?", Fraction(a + b))
+    return (
+        f"{n} has {a} {thing}. {f} gives {n} {b} more {thing}. How many {thing} does {n} have now?",
+        Fraction(a + b),
+    )
 
 
 def subtract_give(rng):
     (n, s, _), (f, _, _) = _two_people(rng)
     thing, a = rng.choice(THINGS), rng.randint(12, 95)
     b = rng.randint(2, a - 3)
-    return (f"{n} had {a} {thing}. {s.capitalize()} gave {b} of them to {f}. "
-            f"How many {thing} does {n} have left?", Fraction(a - b))
+    return (
+        f"{n} had {a} {thing}. {s.capitalize()} gave {b} of them to {f}. "
+        f"How many {thing} does {n} have left?",
+        Fraction(a - b),
+    )
 
 
 def equal_groups(rng):
     thing, box = rng.choice(THINGS), rng.choice(CONTAINERS)
     a, b = rng.randint(2, 12), rng.randint(3, 15)
-    return (f"There are {a} {box} and each one holds {b} {thing}. "
-            f"How many {thing} are there in all?", Fraction(a * b))
+    return (
+        f"There are {a} {box} and each one holds {b} {thing}. How many {thing} are there in all?",
+        Fraction(a * b),
+    )
 
 
 def share_equally(rng):
     (n, _, _), _ = _two_people(rng)
     thing, k, each = rng.choice(THINGS), rng.randint(2, 9), rng.randint(2, 12)
-    return (f"{n} shares {k * each} {thing} equally among {k} friends. "
-            f"How many {thing} does each friend get?", Fraction(each))
+    return (
+        f"{n} shares {k * each} {thing} equally among {k} friends. "
+        f"How many {thing} does each friend get?",
+        Fraction(each),
+    )
 
 
 def price_total(rng):
     one, many, (lo, hi) = rng.choice(GOODS)
     price, k = rng.randint(lo, hi), rng.randint(2, 9)
-    return (f"One {one} costs ${price}. How many dollars do {k} {many} cost?",
-            Fraction(price * k))
+    return (f"One {one} costs ${price}. How many dollars do {k} {many} cost?", Fraction(price * k))
 
 
 def rate_distance(rng):
     vehicle, unit, lo, hi = rng.choice(VEHICLES)
     speed, hours = rng.randrange(lo, hi + 1, 5), rng.randint(2, 8)
-    return (f"{vehicle} travels {speed} {unit} per hour. "
-            f"How many {unit} does it travel in {hours} hours?", Fraction(speed * hours))
+    return (
+        f"{vehicle} travels {speed} {unit} per hour. "
+        f"How many {unit} does it travel in {hours} hours?",
+        Fraction(speed * hours),
+    )
 
 
 def percent_of(rng):
     place, members, desc, _ = rng.choice(GROUPS)
     percent = rng.choice(PERCENTS)
     total = _percent_base(rng, percent, 20, 400)
-    return (f"{place} has {total} {members}. {percent}% of them {desc}. "
-            f"How many {members} {desc}?", Fraction(total * percent, 100))
+    return (
+        f"{place} has {total} {members}. {percent}% of them {desc}. How many {members} {desc}?",
+        Fraction(total * percent, 100),
+    )
 
 
 def more_than(rng):
     (n, _, _), (f, _, _) = _two_people(rng)
     thing, a, b = rng.choice(THINGS), rng.randint(4, 50), rng.randint(2, 30)
-    return (f"{n} has {a} {thing}. {f} has {b} more {thing} than {n}. "
-            f"How many {thing} does {f} have?", Fraction(a + b))
+    return (
+        f"{n} has {a} {thing}. {f} has {b} more {thing} than {n}. How many {thing} does {f} have?",
+        Fraction(a + b),
+    )
 
 
 def unit_price(rng):
@@ -183,15 +248,19 @@ def unit_price(rng):
     price = Fraction(rng.randint(lo, hi)) + Fraction(cents, 100)
     (n, _, _), _ = _two_people(rng)
     k = rng.randint(2, 8)
-    return (f"{n} pays {_money(price * k)} for {k} {many}. "
-            f"How many dollars does one {one} cost?", price)
+    return (
+        f"{n} pays {_money(price * k)} for {k} {many}. How many dollars does one {one} cost?",
+        price,
+    )
 
 
 def pages_per_day(rng):
     (n, s, _), _ = _two_people(rng)
     pages, days = rng.randint(5, 40), rng.randint(2, 14)
-    return (f"{n} reads {pages} pages every day. "
-            f"How many pages does {s} read in {days} days?", Fraction(pages * days))
+    return (
+        f"{n} reads {pages} pages every day. How many pages does {s} read in {days} days?",
+        Fraction(pages * days),
+    )
 
 
 # --------------------------------------------------------------------- two-step templates
@@ -201,16 +270,22 @@ def gain_then_give(rng):
     (n, s, _), (f, _, _) = _two_people(rng)
     thing, a, b = rng.choice(THINGS), rng.randint(5, 50), rng.randint(3, 30)
     c = rng.randint(2, a + b - 2)
-    return (f"{n} has {a} {thing}. {s.capitalize()} buys {b} more and then gives {c} to {f}. "
-            f"How many {thing} does {n} have now?", Fraction(a + b - c))
+    return (
+        f"{n} has {a} {thing}. {s.capitalize()} buys {b} more and then gives {c} to {f}. "
+        f"How many {thing} does {n} have now?",
+        Fraction(a + b - c),
+    )
 
 
 def groups_plus_extra(rng):
     (n, _, _), _ = _two_people(rng)
     thing, box = rng.choice(THINGS), rng.choice(CONTAINERS)
     a, b, c = rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 15)
-    return (f"{n} has {a} {box} with {b} {thing} in each, and {c} more {thing} on the table. "
-            f"How many {thing} does {n} have altogether?", Fraction(a * b + c))
+    return (
+        f"{n} has {a} {box} with {b} {thing} in each, and {c} more {thing} on the table. "
+        f"How many {thing} does {n} have altogether?",
+        Fraction(a * b + c),
+    )
 
 
 def change_from_bill(rng):
@@ -218,31 +293,42 @@ def change_from_bill(rng):
     _, many, (lo, hi) = rng.choice(GOODS)
     price, k = rng.randint(lo, hi), rng.randint(2, 5)
     bill = next(b for b in (10, 20, 50, 100, 200) if b > price * k)
-    return (f"{n} buys {k} {many} for ${price} each and pays with a ${bill} bill. "
-            f"How many dollars of change does {s} get?", Fraction(bill - price * k))
+    return (
+        f"{n} buys {k} {many} for ${price} each and pays with a ${bill} bill. "
+        f"How many dollars of change does {s} get?",
+        Fraction(bill - price * k),
+    )
 
 
 def percent_rest(rng):
     place, members, desc, neg = rng.choice(GROUPS)
     percent = rng.choice(PERCENTS)
     total = _percent_base(rng, percent, 20, 400)
-    return (f"{place} has {total} {members}. {percent}% of them {desc}. "
-            f"How many {members} {neg}?", Fraction(total * (100 - percent), 100))
+    return (
+        f"{place} has {total} {members}. {percent}% of them {desc}. How many {members} {neg}?",
+        Fraction(total * (100 - percent), 100),
+    )
 
 
 def sale_price(rng):
     one, _, (lo, hi) = rng.choice(GOODS)
     percent = rng.choice([10, 20, 25, 50])
     price = _percent_base(rng, percent, lo * 2, hi * 4)
-    return (f"A {one} costs ${price}. It is on sale for {percent}% off. "
-            f"What is the sale price in dollars?", Fraction(price * (100 - percent), 100))
+    return (
+        f"A {one} costs ${price}. It is on sale for {percent}% off. "
+        f"What is the sale price in dollars?",
+        Fraction(price * (100 - percent), 100),
+    )
 
 
 def wage_days(rng):
     (n, s, _), _ = _two_people(rng)
     wage, hours, days = rng.randint(8, 25), rng.randint(2, 8), rng.randint(2, 6)
-    return (f"{n} earns ${wage} per hour. {s.capitalize()} works {hours} hours a day "
-            f"for {days} days. How many dollars does {s} earn?", Fraction(wage * hours * days))
+    return (
+        f"{n} earns ${wage} per hour. {s.capitalize()} works {hours} hours a day "
+        f"for {days} days. How many dollars does {s} earn?",
+        Fraction(wage * hours * days),
+    )
 
 
 def average_score(rng):
@@ -250,8 +336,10 @@ def average_score(rng):
     scores = [rng.randint(6, 40) for _ in range(3)]
     scores[2] += (-sum(scores)) % 3  # make the total divisible by 3
     a, b, c = scores
-    return (f"{n} scored {a}, {b} and {c} points in three games. "
-            f"What was {p} average score per game?", Fraction(a + b + c, 3))
+    return (
+        f"{n} scored {a}, {b} and {c} points in three games. What was {p} average score per game?",
+        Fraction(a + b + c, 3),
+    )
 
 
 def eat_then_share(rng):
@@ -259,15 +347,21 @@ def eat_then_share(rng):
     food, k = rng.choice(FOODS), rng.randint(2, 6)
     each, eaten = rng.randint(2, 8), rng.randint(1, 6)
     total = k * each + eaten
-    return (f"{n} baked {total} {food}. {s.capitalize()} ate {eaten} and shared the rest "
-            f"equally among {k} friends. How many {food} did each friend get?", Fraction(each))
+    return (
+        f"{n} baked {total} {food}. {s.capitalize()} ate {eaten} and shared the rest "
+        f"equally among {k} friends. How many {food} did each friend get?",
+        Fraction(each),
+    )
 
 
 def times_as_many_total(rng):
     (n, _, _), (f, _, _) = _two_people(rng)
     thing, a, m = rng.choice(THINGS), rng.randint(3, 25), rng.randint(2, 5)
-    return (f"{n} has {a} {thing}. {f} has {TIMES[m]} as many {thing} as {n}. "
-            f"How many {thing} do they have together?", Fraction(a + a * m))
+    return (
+        f"{n} has {a} {thing}. {f} has {TIMES[m]} as many {thing} as {n}. "
+        f"How many {thing} do they have together?",
+        Fraction(a + a * m),
+    )
 
 
 # ------------------------------------------------------------------- three-step templates
@@ -279,18 +373,24 @@ def packs_minus_gifts(rng):
     a, b, c, d = rng.randint(2, 8), rng.randint(5, 12), rng.randint(2, 5), rng.randint(2, 6)
     if a * b <= c * d:
         a += (c * d) // b + 1
-    return (f"{n} buys {a} packs of {thing} with {b} {thing} in each pack. "
-            f"{s.capitalize()} gives {c} {thing} to each of {d} friends. "
-            f"How many {thing} does {n} have left?", Fraction(a * b - c * d))
+    return (
+        f"{n} buys {a} packs of {thing} with {b} {thing} in each pack. "
+        f"{s.capitalize()} gives {c} {thing} to each of {d} friends. "
+        f"How many {thing} does {n} have left?",
+        Fraction(a * b - c * d),
+    )
 
 
 def work_then_spend(rng):
     (n, s, _), _ = _two_people(rng)
     wage, h1, h2 = rng.randint(8, 20), rng.randint(2, 6), rng.randint(2, 6)
     spend = rng.randint(5, wage * (h1 + h2) - 5)
-    return (f"{n} earns ${wage} per hour. {s.capitalize()} works {h1} hours on Monday and "
-            f"{h2} hours on Tuesday, then spends ${spend} on a gift. "
-            f"How many dollars does {s} have left?", Fraction(wage * (h1 + h2) - spend))
+    return (
+        f"{n} earns ${wage} per hour. {s.capitalize()} works {h1} hours on Monday and "
+        f"{h2} hours on Tuesday, then spends ${spend} on a gift. "
+        f"How many dollars does {s} have left?",
+        Fraction(wage * (h1 + h2) - spend),
+    )
 
 
 def store_sells(rng):
@@ -298,18 +398,22 @@ def store_sells(rng):
     percent = rng.choice([10, 20, 25, 40, 50])
     total = _percent_base(rng, percent, 40, 300)
     sold_pm = rng.randint(1, total * (100 - percent) // 100 - 1)
-    return (f"A store has {total} {many}. It sells {percent}% of them in the morning and "
-            f"{sold_pm} more in the afternoon. How many {many} are left?",
-            Fraction(total * (100 - percent), 100) - sold_pm)
+    return (
+        f"A store has {total} {many}. It sells {percent}% of them in the morning and "
+        f"{sold_pm} more in the afternoon. How many {many} are left?",
+        Fraction(total * (100 - percent), 100) - sold_pm,
+    )
 
 
 def two_leg_trip(rng):
     vehicle, unit, lo, hi = rng.choice(VEHICLES)
     s1, s2 = rng.randrange(lo, hi + 1, 5), rng.randrange(lo, hi + 1, 5)
     h1, h2 = rng.randint(2, 5), rng.randint(2, 5)
-    return (f"{vehicle} travels at {s1} {unit} per hour for {h1} hours and then at {s2} "
-            f"{unit} per hour for {h2} hours. How many {unit} does it travel in total?",
-            Fraction(s1 * h1 + s2 * h2))
+    return (
+        f"{vehicle} travels at {s1} {unit} per hour for {h1} hours and then at {s2} "
+        f"{unit} per hour for {h2} hours. How many {unit} does it travel in total?",
+        Fraction(s1 * h1 + s2 * h2),
+    )
 
 
 def two_item_shopping(rng):
@@ -317,20 +421,39 @@ def two_item_shopping(rng):
     (_, many1, r1), (_, many2, r2) = rng.sample(GOODS, 2)
     a, b = rng.randint(2, 6), rng.randint(2, 6)
     p1, p2 = rng.randint(*r1), rng.randint(*r2)
-    return (f"{n} buys {a} {many1} at ${p1} each and {b} {many2} at ${p2} each. "
-            f"How many dollars does {s} spend in total?", Fraction(a * p1 + b * p2))
+    return (
+        f"{n} buys {a} {many1} at ${p1} each and {b} {many2} at ${p2} each. "
+        f"How many dollars does {s} spend in total?",
+        Fraction(a * p1 + b * p2),
+    )
 
 
 # (template, operations, weight in the schedule): one-step problems get about half.
 TEMPLATES: list[tuple[Template, int, int]] = [
-    (add_gain, 1, 3), (subtract_give, 1, 3), (equal_groups, 1, 3), (share_equally, 1, 3),
-    (price_total, 1, 3), (rate_distance, 1, 3), (percent_of, 1, 3), (more_than, 1, 3),
-    (unit_price, 1, 3), (pages_per_day, 1, 3),
-    (gain_then_give, 2, 2), (groups_plus_extra, 2, 2), (change_from_bill, 2, 2),
-    (percent_rest, 2, 2), (sale_price, 2, 2), (wage_days, 2, 2), (average_score, 2, 2),
-    (eat_then_share, 2, 2), (times_as_many_total, 2, 2),
-    (packs_minus_gifts, 3, 2), (work_then_spend, 3, 2), (store_sells, 3, 2),
-    (two_leg_trip, 3, 2), (two_item_shopping, 3, 2),
+    (add_gain, 1, 3),
+    (subtract_give, 1, 3),
+    (equal_groups, 1, 3),
+    (share_equally, 1, 3),
+    (price_total, 1, 3),
+    (rate_distance, 1, 3),
+    (percent_of, 1, 3),
+    (more_than, 1, 3),
+    (unit_price, 1, 3),
+    (pages_per_day, 1, 3),
+    (gain_then_give, 2, 2),
+    (groups_plus_extra, 2, 2),
+    (change_from_bill, 2, 2),
+    (percent_rest, 2, 2),
+    (sale_price, 2, 2),
+    (wage_days, 2, 2),
+    (average_score, 2, 2),
+    (eat_then_share, 2, 2),
+    (times_as_many_total, 2, 2),
+    (packs_minus_gifts, 3, 2),
+    (work_then_spend, 3, 2),
+    (store_sells, 3, 2),
+    (two_leg_trip, 3, 2),
+    (two_item_shopping, 3, 2),
 ]
 
 
@@ -350,8 +473,9 @@ def _plain(answer: Fraction, template: str) -> int | float:
     return float(answer)
 
 
-def generate(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = SEED
-             ) -> dict[str, list[GeneratedProblem]]:
+def generate(
+    n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = SEED
+) -> dict[str, list[GeneratedProblem]]:
     """The embedded set: unique questions, about 2 in 7 of each kind go to test."""
     rng = random.Random(seed)
     schedule = _schedule()
@@ -373,8 +497,7 @@ def generate(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = SEED
             raise AssertionError(f"template {template.__name__} keeps repeating itself")
         seen.add(key)
         splits[split].append(
-            GeneratedProblem(question, _plain(answer, template.__name__), steps,
-                             template.__name__)
+            GeneratedProblem(question, _plain(answer, template.__name__), steps, template.__name__)
         )
     return splits
 
@@ -408,8 +531,11 @@ def write(data_dir: Path = DATA_DIR) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--check", action="store_true",
-                        help="exit 1 when the committed files differ from the generator")
+    action.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the committed files differ from the generator",
+    )
     action.add_argument("--write", action="store_true", help="regenerate the files")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = parser.parse_args(argv)
@@ -421,8 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in differences:
         print(line, file=sys.stderr)
     if differences:
-        print("run `python -m fdd_core.embedded_problems --write` to regenerate",
-              file=sys.stderr)
+        print("run `python -m fdd_core.embedded_problems --write` to regenerate", file=sys.stderr)
         return 1
     print("embedded problem files match the generator")
     return 0

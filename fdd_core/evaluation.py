@@ -118,8 +118,13 @@ class _Pending:
     future: Future
 
 
-def _status(program: str | None, completion: Completion, run: ExecutionResult | None,
-            reference: float, rel_tol: float) -> str:
+def _status(
+    program: str | None,
+    completion: Completion,
+    run: ExecutionResult | None,
+    reference: float,
+    rel_tol: float,
+) -> str:
     if completion.finish_reason == "error":
         return "generation_error"
     if program is None or run is None:
@@ -131,8 +136,14 @@ def _status(program: str | None, completion: Completion, run: ExecutionResult | 
     return "wrong_answer"
 
 
-def _row(problem: Problem, completion: Completion, program: str | None, reason: str | None,
-         run: ExecutionResult | None, status: str) -> dict[str, Any]:
+def _row(
+    problem: Problem,
+    completion: Completion,
+    program: str | None,
+    reason: str | None,
+    run: ExecutionResult | None,
+    status: str,
+) -> dict[str, Any]:
     return {
         "id": problem.id,
         "question": problem.question,
@@ -193,8 +204,9 @@ def evaluate(
                     "prompts (or an empty one); expected one completion per prompt"
                 )
             completions = [o[0] for o in outs]
-            parsed = [extract_program(c.text) if c.finish_reason != "error" else None
-                      for c in completions]
+            parsed = [
+                extract_program(c.text) if c.finish_reason != "error" else None for c in completions
+            ]
             programs = [p.program if p is not None else None for p in parsed]
             reasons = [p.reason if p is not None else "generation_error" for p in parsed]
             runnable = [prog for prog in programs if prog is not None]
@@ -208,7 +220,7 @@ def evaluate(
         if pending is not None:
             _finish(pending, problems, rows, sandbox_cfg.rel_tol)
 
-    breakdown = {b: 0 for b in BUCKETS}
+    breakdown = dict.fromkeys(BUCKETS, 0)
     for row in rows:
         breakdown[row["status"]] += 1
     n = len(problems)
@@ -230,10 +242,18 @@ def evaluate(
     )
     if out is not None:
         write_jsonl(out / "predictions.jsonl", rows)
-        atomic_write_json(out / "result.json",
-                          {**result.model_dump(mode="json"), "spec": spec.model_dump(mode="json")})
-    log.info("%s: accuracy %.3f (%d/%d) %s", spec.name, result.accuracy, result.correct, n,
-             {k: v for k, v in breakdown.items() if v})
+        atomic_write_json(
+            out / "result.json",
+            {**result.model_dump(mode="json"), "spec": spec.model_dump(mode="json")},
+        )
+    log.info(
+        "%s: accuracy %.3f (%d/%d) %s",
+        spec.name,
+        result.accuracy,
+        result.correct,
+        n,
+        {k: v for k, v in breakdown.items() if v},
+    )
     return result
 
 
@@ -311,8 +331,9 @@ def evaluate_model(
     if len(set(names)) != len(names):
         raise ValueError(f"benchmarks must have distinct names, got {names}")
     loaded = [
-        load_problems(s, eval_cfg.data_paths.get(b) or eval_cfg.data_paths.get(s.name),
-                      limit=eval_cfg.limit)
+        load_problems(
+            s, eval_cfg.data_paths.get(b) or eval_cfg.data_paths.get(s.name), limit=eval_cfg.limit
+        )
         for b, s in zip(benchmarks, specs)
     ]
     out = Path(out_dir) if out_dir is not None else default_eval_dir(model, cache_dir)
@@ -329,8 +350,15 @@ def evaluate_model(
             if data.skipped:
                 log.warning("%s: skipped rows %s (from %s)", spec.name, data.skipped, data.source)
             results[spec.name] = evaluate(
-                backend, spec, data.problems, sandbox_cfg, batch_size=eval_cfg.batch_size,
-                out_dir=out / spec.name, progress=progress, max_tokens=max_tokens, sandbox=box,
+                backend,
+                spec,
+                data.problems,
+                sandbox_cfg,
+                batch_size=eval_cfg.batch_size,
+                out_dir=out / spec.name,
+                progress=progress,
+                max_tokens=max_tokens,
+                sandbox=box,
             )
     _write_summary(out, model, results)
     return results

@@ -542,7 +542,7 @@ def filter_problems(
 def _summarize(
     candidates: Sequence[Problem], reasons: list[str | None], benchmarks: list[str | None]
 ) -> FilterResult:
-    dropped = {r: 0 for r in DROP_REASONS}
+    dropped = dict.fromkeys(DROP_REASONS, 0)
     examples: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
     kept = []
     for problem, reason in zip(candidates, reasons):

@@ -64,7 +64,7 @@ def _parse(text) -> float | None:
         return _first_number(boxed[-1])
     marks = list(_ANSWER_IS.finditer(text))
     if marks:
-        found = _first_number(text[marks[-1].end():])
+        found = _first_number(text[marks[-1].end() :])
         if found is not None:
             return found
     numbers = [_value(m) for m in _NUMBER.finditer(_clean(text))]

@@ -81,15 +81,37 @@ _FENCE_LINE = re.compile(r"^[ \t]*`{3,}[A-Za-z0-9_+.#-]*[ \t]*$", re.MULTILINE)
 _LANG_TAG = re.compile(r"[A-Za-z0-9_+.#-]*")
 _NEXT_QUESTION = re.compile(r"^\s*(?:Question|Problem)\s*\d*\s*[:.]", re.IGNORECASE)
 _KEYWORDS = (
-    "def", "class", "for", "while", "if", "elif", "else", "try", "except", "finally", "with",
-    "return", "import", "from", "assert", "pass", "break", "continue", "raise", "global",
-    "del", "async", "await",
+    "def",
+    "class",
+    "for",
+    "while",
+    "if",
+    "elif",
+    "else",
+    "try",
+    "except",
+    "finally",
+    "with",
+    "return",
+    "import",
+    "from",
+    "assert",
+    "pass",
+    "break",
+    "continue",
+    "raise",
+    "global",
+    "del",
+    "async",
+    "await",
 )
 _CODE_LINE = re.compile(
     r"""^\s*(?:
         [A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*(?:,\s*[A-Za-z_]\w*\s*)*
             (?:=(?!=)|\+=|-=|\*=|/=|//=|%=|\*\*=)         # assignment
-      | (?:""" + "|".join(_KEYWORDS) + r""")\b             # statement keyword
+      | (?:"""
+    + "|".join(_KEYWORDS)
+    + r""")\b             # statement keyword
       | [A-Za-z_][\w.]*\s*\(                              # call: print(...), f(x)
       | \#                                                # comment
       | [\])}]                                            # closing bracket
@@ -159,9 +181,9 @@ def _repair(lines: list[str]) -> tuple[list[str], bool]:
             return lines, cut_code
         index = min(max(error_line, 1), len(lines)) - 1
         if not _looks_like_code(lines[index]) and any(
-            _looks_like_code(line) for line in lines[index + 1:]
+            _looks_like_code(line) for line in lines[index + 1 :]
         ):
-            lines = lines[:index] + lines[index + 1:]  # prose between statements
+            lines = lines[:index] + lines[index + 1 :]  # prose between statements
             continue
         if _looks_like_code(lines[index]):
             cut_code = True
@@ -225,7 +247,8 @@ def _add_ans(source: str, tree: ast.Module) -> tuple[str, str] | None:
             head = lines[: last.lineno - 1]
             return "\n".join(head + ["ans = " + " ".join(segment.split("\n"))]), "print_to_ans"
     called = {
-        n.func.id for n in ast.walk(tree)
+        n.func.id
+        for n in ast.walk(tree)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
     }
     for stmt in tree.body:
@@ -399,11 +422,11 @@ _WS = re.compile(r"\s+")
 
 def _split_items(text: str) -> list[str]:
     for marker in (_NUMBERED, _BULLET):
-        starts = [m for m in marker.finditer(text)]
+        starts = list(marker.finditer(text))
         if starts:
             items = []
             for m, nxt in zip(starts, [*starts[1:], None], strict=True):
-                items.append(text[m.end(): nxt.start() if nxt else len(text)])
+                items.append(text[m.end() : nxt.start() if nxt else len(text)])
             return items  # the preamble before the first item is dropped
     return re.split(r"\n[ \t]*\n", text)
 

@@ -60,7 +60,9 @@ class PromptError(ValueError):
 
 def student_prompt(question: str) -> str:
     """The plain-text prompt a student is trained on and evaluated with."""
-    return f"Question: {question.strip()}\n# Python program that stores the final answer in `ans`:\n"  # noqa: E501
+    return (
+        f"Question: {question.strip()}\n# Python program that stores the final answer in `ans`:\n"  # noqa: E501
+    )
 
 
 @dataclass(frozen=True)
@@ -145,25 +147,27 @@ def _substitute(text: str, values: dict[str, Any]) -> str:
 def parse_template(data: Any, source: str) -> PromptTemplate:
     """Validate a parsed YAML mapping and build a template; errors name the field."""
     if not isinstance(data, dict):
-        raise PromptError(f"{source}: expected a mapping with fields {list(_REQUIRED)}, "
-                          f"got {type(data).__name__}")
+        raise PromptError(
+            f"{source}: expected a mapping with fields {list(_REQUIRED)}, got {type(data).__name__}"
+        )
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
-        raise PromptError(f"{source}: unknown fields {unknown}; allowed: "
-                          f"{list(_REQUIRED + _OPTIONAL)}")
+        raise PromptError(
+            f"{source}: unknown fields {unknown}; allowed: {list(_REQUIRED + _OPTIONAL)}"
+        )
     for key in _REQUIRED:
         if key not in data:
             raise PromptError(f"{source}: field '{key}' is missing")
     for key in ("name", "version", "text"):
         if not isinstance(data[key], str) or not data[key].strip():
-            raise PromptError(f"{source}: field '{key}' must be a non-empty string, "
-                              f"got {data[key]!r}")
+            raise PromptError(
+                f"{source}: field '{key}' must be a non-empty string, got {data[key]!r}"
+            )
     inputs = data["inputs"]
     if not isinstance(inputs, list) or not all(
         isinstance(i, str) and _IDENTIFIER.fullmatch(i) for i in inputs
     ):
-        raise PromptError(f"{source}: field 'inputs' must be a list of identifiers, "
-                          f"got {inputs!r}")
+        raise PromptError(f"{source}: field 'inputs' must be a list of identifiers, got {inputs!r}")
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise PromptError(f"{source}: field 'system' must be a string, got {system!r}")
@@ -189,13 +193,14 @@ def _read_template_file(path: Path | Any, source: str) -> PromptTemplate:
     return parse_template(data, source)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin(name: str) -> PromptTemplate:
     resource = resources.files("fdd_core") / "prompts" / f"{name}.yaml"
     template = _read_template_file(resource, f"fdd_core/prompts/{name}.yaml")
     if template.name != name:
-        raise PromptError(f"fdd_core/prompts/{name}.yaml: field 'name' is "
-                          f"{template.name!r}, expected {name!r}")
+        raise PromptError(
+            f"fdd_core/prompts/{name}.yaml: field 'name' is {template.name!r}, expected {name!r}"
+        )
     return template
 
 
@@ -209,8 +214,10 @@ def load_template(name: str) -> PromptTemplate:
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return _read_template_file(path, str(path))
-    raise PromptError(f"unknown prompt template {name!r}: expected one of "
-                      f"{', '.join(TEMPLATE_NAMES)} or a path to a .yaml template file")
+    raise PromptError(
+        f"unknown prompt template {name!r}: expected one of "
+        f"{', '.join(TEMPLATE_NAMES)} or a path to a .yaml template file"
+    )
 
 
 # ------------------------------------------------------------------------- messages

@@ -263,7 +263,7 @@ class _Worker:
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._wfd, view):]
+            view = view[os.write(self._wfd, view) :]
 
     def _recv(self, deadline: float) -> dict:
         size = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))[0]
@@ -539,8 +539,9 @@ class Sandbox:
             try:
                 reply = worker.receive(req_id, self.cfg.timeout_s)
             except _WorkerDied as exc:
-                results[index] = _error(f"{exc}; the program was not judged",
-                                        time.monotonic() - start)
+                results[index] = _error(
+                    f"{exc}; the program was not judged", time.monotonic() - start
+                )
                 backlog.extendleft(reversed([(i, in_flight.pop(r)) for i, r in pending]))
                 pending.clear()
                 self._retire(slot, worker)

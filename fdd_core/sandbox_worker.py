@@ -54,9 +54,24 @@ import traceback
 # `import math` in a child free (the child is a fork of this process). Every module kept
 # here makes each fork a little dearer (more pages to map), so the list stays short.
 PRELOAD = (
-    "math", "cmath", "fractions", "decimal", "statistics", "numbers", "itertools",
-    "functools", "collections", "operator", "re", "string", "datetime", "random", "heapq",
-    "bisect", "copy", "reprlib",
+    "math",
+    "cmath",
+    "fractions",
+    "decimal",
+    "statistics",
+    "numbers",
+    "itertools",
+    "functools",
+    "collections",
+    "operator",
+    "re",
+    "string",
+    "datetime",
+    "random",
+    "heapq",
+    "bisect",
+    "copy",
+    "reprlib",
 )
 
 STATUSES = ("ok", "error", "timeout", "memory", "no_answer", "bad_answer")
@@ -109,7 +124,7 @@ def write_frame(fd: int, obj: dict) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 # --------------------------------------------------------------------------- isolation setup
@@ -121,13 +136,23 @@ class _Libc:
     def __init__(self):
         lib = ctypes.CDLL(None, use_errno=True)
         self.prctl = lib.prctl
-        self.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong]
+        self.prctl.argtypes = [
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
         self.capset = lib.capset
         self.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.mount = lib.mount
-        self.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                               ctypes.c_ulong, ctypes.c_char_p]
+        self.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
         self.syscall = lib.syscall
 
     def call(self, func, *args) -> None:
@@ -151,8 +176,12 @@ def _mount_setattr_readonly(path: str) -> bool:
     attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
     buf = ctypes.create_string_buffer(attr, len(attr))
     rc = LIBC.syscall(
-        ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), path.encode(),
-        ctypes.c_uint(AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)),
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        path.encode(),
+        ctypes.c_uint(AT_RECURSIVE),
+        buf,
+        ctypes.c_size_t(len(attr)),
     )
     return rc == 0
 
@@ -221,8 +250,7 @@ def setup_isolation(cfg: dict) -> dict:
     info = {
         "pid_namespace": os.getpid() == 1 and _ns_id("pid") != parent["pid"],
         "mount_namespace": _ns_id("mnt") not in (parent["mnt"], -1),
-        "network_isolated": _ns_id("net") not in (parent["net"], -1)
-        and _interfaces() <= {"lo"},
+        "network_isolated": _ns_id("net") not in (parent["net"], -1) and _interfaces() <= {"lo"},
         "readonly_fs": False,
         "private_tmp": False,
         "privilege": cfg["privilege"],
@@ -472,8 +500,12 @@ class Worker:
         try:
             program = compile_program(code)
         except Exception as exc:  # SyntaxError, ValueError (NUL byte), RecursionError, ...
-            return {"status": "error", "answer": None, "stderr": _format_error(exc)[: self.cap],
-                    "duration_s": time.monotonic() - start}
+            return {
+                "status": "error",
+                "answer": None,
+                "stderr": _format_error(exc)[: self.cap],
+                "duration_s": time.monotonic() - start,
+            }
         scratch = self.plan.new_scratch()
         out_r, out_w = os.pipe()
         verdict_r, verdict_w = os.pipe()
@@ -528,9 +560,7 @@ class Worker:
                             del output[: len(output) - self.cap]
                     elif len(verdict) < MAX_VERDICT:
                         verdict += data
-                if pidfd is None and os.waitid(
-                    os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
-                ):
+                if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                     return True, output, verdict
         finally:
             if pidfd is not None:
@@ -577,7 +607,7 @@ class Worker:
         return b"".join(chunks)
 
     def _reply(self, exited, status, rusage, output: bytes, verdict: bytes, duration) -> dict:
-        output = output[-self.cap:]
+        output = output[-self.cap :]
         parsed = _parse_verdict(verdict) if exited else None
         if parsed is not None:
             state, answer, detail = parsed
@@ -696,8 +726,12 @@ def main(argv: list[str]) -> int:
         try:
             reply = worker.run(request["code"])
         except Exception as exc:  # a worker bug must not take the pool down with it
-            reply = {"status": "error", "answer": None, "duration_s": 0.0,
-                     "stderr": f"sandbox worker error: {type(exc).__name__}: {exc}"}
+            reply = {
+                "status": "error",
+                "answer": None,
+                "duration_s": 0.0,
+                "stderr": f"sandbox worker error: {type(exc).__name__}: {exc}",
+            }
         reply["id"] = request["id"]
         write_frame(replies, reply)
 

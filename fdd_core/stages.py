@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,8 +36,8 @@ from fdd_core.parsing import extract_problems, extract_program
 from fdd_core.prompts import (
     PROGRAM_FENCE,
     complex_messages,
-    program_completion_prompt,
     load_template,
+    program_completion_prompt,
     program_messages,
     similar_messages,
     student_prompt,
@@ -161,9 +162,7 @@ class _Run:
     statuses: list[str]
 
 
-def _parse_and_run(
-    completions: list[list], sandbox: Sandbox, stats: Counter
-) -> _Run:
+def _parse_and_run(completions: list[list], sandbox: Sandbox, stats: Counter) -> _Run:
     owner, programs = [], []
     for i, samples in enumerate(completions):
         for j, comp in enumerate(samples):
@@ -493,9 +492,7 @@ def benchmark_test_questions(evaluation: EvaluationConfig) -> dict[str, list[str
     return out
 
 
-def filtering_inputs(
-    examples: Sequence[Example], originals: Sequence[Problem]
-) -> list[str]:
+def filtering_inputs(examples: Sequence[Example], originals: Sequence[Problem]) -> list[str]:
     """Every question already in the dataset (and the original pool) for dedup."""
     seen: dict[str, None] = {}
     for q in (e.question for e in examples):

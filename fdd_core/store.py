@@ -166,7 +166,7 @@ def _checked_ids(examples: list[Example]) -> list[str]:
 
 
 def _counts_by_origin(examples: list[Example]) -> dict[str, int]:
-    counts = {origin: 0 for origin in _ORIGINS}
+    counts = dict.fromkeys(_ORIGINS, 0)
     for e in examples:
         counts[e.origin] = counts.get(e.origin, 0) + 1
     return counts

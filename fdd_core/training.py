@@ -106,7 +106,7 @@ def encode_examples(
         if len(p) + len(t) > max_seq_len:
             truncated += 1
             if len(p) >= max_seq_len:
-                p = p[-(max_seq_len // 2):]
+                p = p[-(max_seq_len // 2) :]
             t = t[: max_seq_len - len(p)]
         out.append(Encoded(tuple(p) + tuple(t), (IGNORE_INDEX,) * len(p) + tuple(t)))
     return out, truncated
@@ -345,8 +345,12 @@ def train_student(
         examples, tokenizer, seq2seq=seq2seq, max_seq_len=cfg.max_seq_len
     )
     if n_truncated:
-        log.warning("%d of %d examples were longer than max_seq_len=%d and were truncated",
-                    n_truncated, len(encoded), cfg.max_seq_len)
+        log.warning(
+            "%d of %d examples were longer than max_seq_len=%d and were truncated",
+            n_truncated,
+            len(encoded),
+            cfg.max_seq_len,
+        )
     lengths = [e.length for e in encoded]
     pad_to = max(len(e.input_ids) for e in encoded) if padding == "max_length" else None
     if seq2seq and pad_to is not None:
@@ -363,8 +367,10 @@ def train_student(
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.learning_rate,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -378,7 +384,8 @@ def train_student(
     log_every = max(1, min(10, total_steps // 10))
     autocast = (
         torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
-        if use_bf16 else contextlib.nullcontext()
+        if use_bf16
+        else contextlib.nullcontext()
     )
     history: list[float] = []
     tokens_seen = padded_tokens = target_tokens = 0
@@ -387,13 +394,27 @@ def train_student(
     log.info(
         "training %s (%s, %s) on %d examples: %d steps, batch %d x %d accum x %d processes, "
         "device %s, bf16 %s, gradient checkpointing %s",
-        base_model, "seq2seq" if seq2seq else "causal", cfg.method, len(encoded), total_steps,
-        cfg.batch_size, cfg.grad_accum, world, accelerator.device, use_bf16, use_gc,
+        base_model,
+        "seq2seq" if seq2seq else "causal",
+        cfg.method,
+        len(encoded),
+        total_steps,
+        cfg.batch_size,
+        cfg.grad_accum,
+        world,
+        accelerator.device,
+        use_bf16,
+        use_gc,
     )
     try:
         while step < total_steps:
-            plan = plan_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                group_by_length=cfg.group_by_length)
+            plan = plan_batches(
+                lengths,
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                group_by_length=cfg.group_by_length,
+            )
             # Every rank must get the same number of batches: repeat a few to fill up.
             plan += [plan[i % len(plan)] for i in range((-len(plan)) % world)]
             for g in range(0, len(plan), per_step):
@@ -404,11 +425,12 @@ def train_student(
                 local = group[accelerator.process_index :: world]
                 summed = torch.zeros((), device=accelerator.device)
                 for k, batch in enumerate(local):
-                    tensors = {n: t.to(accelerator.device)
-                               for n, t in collate(batch, tokenizer.pad_token_id,
-                                                   pad_to=pad_to).items()}
+                    tensors = {
+                        n: t.to(accelerator.device)
+                        for n, t in collate(batch, tokenizer.pad_token_id, pad_to=pad_to).items()
+                    }
                     sync = k == len(local) - 1
-                    with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         with autocast:
                             ce = _target_loss(model, tensors, seq2seq)
                         # DDP averages gradients over ranks: scale so the result is the
@@ -431,8 +453,17 @@ def train_student(
                 lr = scheduler.get_last_lr()[0]
                 _report(bar, step, total_steps, loss, lr, log_every, tokens_seen, loop_start)
                 if on_step is not None and accelerator.is_main_process:
-                    on_step(TrainState(step, total_steps, batches_done / len(plan), loss, lr,
-                                       tokens_seen, accelerator.unwrap_model(model)))
+                    on_step(
+                        TrainState(
+                            step,
+                            total_steps,
+                            batches_done / len(plan),
+                            loss,
+                            lr,
+                            tokens_seen,
+                            accelerator.unwrap_model(model),
+                        )
+                    )
             epoch += 1
     finally:
         if bar is not None:
@@ -475,10 +506,19 @@ def train_student(
     if accelerator.is_main_process:
         _save_atomically(accelerator.unwrap_model(model), tokenizer, meta, out_dir, use_gc)
     accelerator.wait_for_everyone()
-    log.info("saved the student to %s (final loss %.4f, %d steps, %.1f s)",
-             out_dir, history[-1], step, train_time)
-    return ModelRef(path=str(out_dir), base_model=base_model,
-                    dataset_version=dataset_version, adapter=cfg.method == "lora")
+    log.info(
+        "saved the student to %s (final loss %.4f, %d steps, %.1f s)",
+        out_dir,
+        history[-1],
+        step,
+        train_time,
+    )
+    return ModelRef(
+        path=str(out_dir),
+        base_model=base_model,
+        dataset_version=dataset_version,
+        adapter=cfg.method == "lora",
+    )
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -519,7 +559,7 @@ def _report(bar, step, total, loss, lr, every, tokens, since) -> None:
 def _summarize(history: list[float], points: int = 100) -> dict:
     """First/min/last loss and at most `points` (step, loss) pairs, evenly spaced."""
     n = len(history)
-    tail = history[-max(1, n // 10):]
+    tail = history[-max(1, n // 10) :]
     if n <= points:
         idx = list(range(n))
     else:
@@ -582,9 +622,12 @@ def read_model_ref(path: str | Path) -> ModelRef:
     meta_path = folder / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return ModelRef(path=str(folder), base_model=meta["base_model"],
-                        dataset_version=meta.get("dataset_version"),
-                        adapter=bool(meta.get("adapter")))
+        return ModelRef(
+            path=str(folder),
+            base_model=meta["base_model"],
+            dataset_version=meta.get("dataset_version"),
+            adapter=bool(meta.get("adapter")),
+        )
     adapter_cfg = folder / "adapter_config.json"
     if adapter_cfg.is_file():
         base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")

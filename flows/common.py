@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -77,14 +78,14 @@ def run_mapped(
         0.0, key=progress_key, description=f"{label}: 0/{len(bounds)} shards"
     )
     futures = [task_fn.submit(**make_kwargs(i, b)) for i, b in enumerate(bounds)]
-    done, last = 0, time.monotonic()
-    for _ in as_completed(futures):
-        done += 1
+    last = time.monotonic()
+    for done, _ in enumerate(as_completed(futures), start=1):
         # At most one update every couple of seconds (each is an API call), plus the last.
         if done == len(bounds) or time.monotonic() - last > 2.0:
             last = time.monotonic()
             update_progress_artifact(
-                progress, 100.0 * done / len(bounds),
+                progress,
+                100.0 * done / len(bounds),
                 description=f"{label}: {done}/{len(bounds)} shards",
             )
     return [f.result() for f in futures]

@@ -14,7 +14,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from fdd_core.config import RunConfig
-from fdd_core.reports import DistillResult, RoundResult, markdown_table, write_report, write_run_record
+from fdd_core.reports import (
+    DistillResult,
+    RoundResult,
+    markdown_table,
+    write_report,
+    write_run_record,
+)
 from fdd_core.versioning import code_fingerprint, file_fingerprint
 from flows.common import artifact_key, task_options
 from flows.round import fdd_round
@@ -52,14 +58,21 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
     try:
         fingerprint = "|".join(file_fingerprint(s.path) for s in cfg.data.train)
         originals = load_problems.with_options(**task_options(cfg, str(run_path)))(
-            cfg.data, str(run_path), fingerprint, code_fingerprint())
+            cfg.data, str(run_path), fingerprint, code_fingerprint()
+        )
         log.info("run folder %s: %d original problems", run_path, originals.n)
         round_flow = fdd_round.with_options(task_runner=make_task_runner(cfg.orchestration))
         dataset, student, stopped_early = None, None, False
         for r in range(cfg.rounds.n_rounds + 1):
-            result = round_flow(config=cfg, round_index=r, run_dir=str(run_path),
-                                run_name=run_name, originals=originals, dataset=dataset,
-                                student=student)
+            result = round_flow(
+                config=cfg,
+                round_index=r,
+                run_dir=str(run_path),
+                run_name=run_name,
+                originals=originals,
+                dataset=dataset,
+                student=student,
+            )
             rounds.append(result)
             write_run_record(run_path, cfg, status="running", rounds=rounds)
             dataset, student = result.dataset, result.model or student

@@ -49,46 +49,70 @@ def fdd_round(
     gpu_student = on_gpu(cfg.student.device)
     gen_opts = task_options(cfg, run_dir, retry=True, gpu=gpu_teacher)
     plain_opts = task_options(cfg, run_dir)
-    common = dict(storage=cfg.storage, run_dir=run_dir, round_index=round_index, code_version=cv)
+    common = {
+        "storage": cfg.storage,
+        "run_dir": run_dir,
+        "round_index": round_index,
+        "code_version": cv,
+    }
     stats: dict[str, dict[str, int]] = {}
     dropped: dict[str, int] = {}
 
     if round_index == 0:
-        log.info("round 0: teacher writes %d programs for each of %d problems",
-                 cfg.teacher.n_samples, originals.n)
+        log.info(
+            "round 0: teacher writes %d programs for each of %d problems",
+            cfg.teacher.n_samples,
+            originals.n,
+        )
         new_shards = run_mapped(
             rationale_shard.with_options(**gen_opts),
             originals.n,
             shard,
-            lambda i, b: dict(problems=originals, shard_index=i, bounds=b, teacher=cfg.teacher,
-                              sandbox=cfg.sandbox, **common),
+            lambda i, b: dict(
+                problems=originals,
+                shard_index=i,
+                bounds=b,
+                teacher=cfg.teacher,
+                sandbox=cfg.sandbox,
+                **common,
+            ),
             label="rationales",
             progress_key=artifact_key(run_name, "r0-rationales-progress"),
         )
         stats["rationales"] = merge_stats(s.stats for s in new_shards)
     else:
         if student is None:
-            log.warning("round %d: no trained student (empty dataset); grading the base model",
-                        round_index)
+            log.warning(
+                "round %d: no trained student (empty dataset); grading the base model", round_index
+            )
         pool = originals
         if cfg.rounds.grading_pool == "all" and dataset is not None:
             from tasks.pool import grading_pool_task
 
             pool = grading_pool_task.with_options(**plain_opts)(
-                originals, dataset, run_dir, round_index, cv)
+                originals, dataset, run_dir, round_index, cv
+            )
         graded = run_mapped(
             grade_shard.with_options(**task_options(cfg, run_dir, retry=True, gpu=gpu_student)),
             pool.n,
             shard,
-            lambda i, b: dict(problems=pool, shard_index=i, bounds=b, student_model=student,
-                              student=cfg.student, rounds=cfg.rounds, sandbox=cfg.sandbox,
-                              **common),
+            lambda i, b: dict(
+                problems=pool,
+                shard_index=i,
+                bounds=b,
+                student_model=student,
+                student=cfg.student,
+                rounds=cfg.rounds,
+                sandbox=cfg.sandbox,
+                **common,
+            ),
             label="grade",
             progress_key=artifact_key(run_name, f"r{round_index}-grade-progress"),
         )
         stats["grade"] = merge_stats(s.stats for s in graded)
         easy, hard = split_easy_hard.with_options(**plain_opts)(
-            pool, graded, cfg.synthesis.max_parents_per_round, run_dir, round_index, cv)
+            pool, graded, cfg.synthesis.max_parents_per_round, run_dir, round_index, cv
+        )
         synth = []
         for kind, parents in (("complex", easy), ("similar", hard)):
             synth += run_mapped(
@@ -96,35 +120,51 @@ def fdd_round(
                 parents.n,
                 shard,
                 lambda i, b, parents=parents, kind=kind: dict(
-                    parents=parents, kind=kind, shard_index=i, bounds=b, teacher=cfg.teacher,
-                    synthesis=cfg.synthesis, **common),
+                    parents=parents,
+                    kind=kind,
+                    shard_index=i,
+                    bounds=b,
+                    teacher=cfg.teacher,
+                    synthesis=cfg.synthesis,
+                    **common,
+                ),
                 label=f"synthesize {kind}",
                 progress_key=artifact_key(run_name, f"r{round_index}-synth-{kind}-progress"),
             )
         stats["synthesize"] = merge_stats(s.stats for s in synth)
         filtered = filter_candidates.with_options(**plain_opts)(
-            synth, dataset, originals, cfg.filtering, cfg.evaluation, run_dir, round_index, cv)
+            synth, dataset, originals, cfg.filtering, cfg.evaluation, run_dir, round_index, cv
+        )
         dropped = filtered.dropped
         stats["filter"] = {"candidates": filtered.candidates, "kept": filtered.kept.n}
         new_shards = run_mapped(
             label_shard.with_options(**gen_opts),
             filtered.kept.n,
             shard,
-            lambda i, b: dict(problems=filtered.kept, shard_index=i, bounds=b,
-                              teacher=cfg.teacher, labeling=cfg.labeling, sandbox=cfg.sandbox,
-                              **common),
+            lambda i, b: dict(
+                problems=filtered.kept,
+                shard_index=i,
+                bounds=b,
+                teacher=cfg.teacher,
+                labeling=cfg.labeling,
+                sandbox=cfg.sandbox,
+                **common,
+            ),
             label="label",
             progress_key=artifact_key(run_name, f"r{round_index}-label-progress"),
         )
         stats["label"] = merge_stats(s.stats for s in new_shards)
 
     new_dataset = grow_dataset.with_options(**plain_opts)(
-        new_shards, dataset, str(Path(run_dir) / "datasets"), round_index, cfg.config_hash(), cv)
+        new_shards, dataset, str(Path(run_dir) / "datasets"), round_index, cfg.config_hash(), cv
+    )
     added = new_dataset.n_rows - (dataset.n_rows if dataset else 0)
     model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
-        new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv)
+        new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv
+    )
     metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
-        model, cfg.student, cfg.evaluation, cfg.sandbox, run_dir, round_index, cv)
+        model, cfg.student, cfg.evaluation, cfg.sandbox, run_dir, round_index, cv
+    )
 
     manifest = read_manifest(new_dataset)
     result = RoundResult(
@@ -137,11 +177,17 @@ def fdd_round(
         dropped=dropped,
         metrics=metrics,
     )
-    atomic_write_json(Path(run_dir) / f"round-{round_index}" / "summary.json",
-                      result.model_dump(mode="json"))
+    atomic_write_json(
+        Path(run_dir) / f"round-{round_index}" / "summary.json", result.model_dump(mode="json")
+    )
     publish_round_artifacts(result, run_name)
-    log.info("round %d done: %d examples (+%d), accuracy %s", round_index,
-             new_dataset.n_rows, added, result.accuracy())
+    log.info(
+        "round %d done: %d examples (+%d), accuracy %s",
+        round_index,
+        new_dataset.n_rows,
+        added,
+        result.accuracy(),
+    )
     return result
 
 

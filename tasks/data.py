@@ -12,8 +12,15 @@ from fdd_core.stages import ProblemsRef, write_problems
 from tasks.common import CACHE_POLICY
 
 
-@task(name="load-problems", task_run_name="load-problems", cache_policy=CACHE_POLICY, persist_result=True)
-def load_problems(data: DataConfig, run_dir: str, data_fingerprint: str, code_version: str) -> ProblemsRef:
+@task(
+    name="load-problems",
+    task_run_name="load-problems",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+)
+def load_problems(
+    data: DataConfig, run_dir: str, data_fingerprint: str, code_version: str
+) -> ProblemsRef:
     """Read every configured source; fail on bad rows unless data.strict is false."""
     problems, seen = [], set()
     for source in data.train:

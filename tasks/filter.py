@@ -30,7 +30,12 @@ class FilterOutput(BaseModel):
     examples: dict[str, list[str]]
 
 
-@task(name="filter", task_run_name="filter-r{round_index}", cache_policy=CACHE_POLICY, persist_result=True)
+@task(
+    name="filter",
+    task_run_name="filter-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+)
 def filter_candidates(
     candidates: list[ShardResult],
     dataset: DatasetRef | None,

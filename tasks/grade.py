@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from fdd_core.config import RoundsConfig, SandboxConfig, StorageConfig, StudentConfig
+from fdd_core.io import read_jsonl
 from fdd_core.schemas import ModelRef
 from fdd_core.stages import (
     GradeRow,
@@ -20,7 +21,6 @@ from fdd_core.stages import (
     student_backend_config,
     write_problems,
 )
-from fdd_core.io import read_jsonl
 from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox
 
 
@@ -60,7 +60,12 @@ def grade_shard(
     return save_shard(out, rows, stats)
 
 
-@task(name="split-easy-hard", task_run_name="split-r{round_index}", cache_policy=CACHE_POLICY, persist_result=True)
+@task(
+    name="split-easy-hard",
+    task_run_name="split-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+)
 def split_easy_hard(
     pool: ProblemsRef,
     graded: list[ShardResult],

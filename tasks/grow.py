@@ -11,7 +11,12 @@ from fdd_core.store import read_examples, write_version
 from tasks.common import CACHE_POLICY
 
 
-@task(name="grow-dataset", task_run_name="grow-r{round_index}", cache_policy=CACHE_POLICY, persist_result=True)
+@task(
+    name="grow-dataset",
+    task_run_name="grow-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+)
 def grow_dataset(
     shards: list[ShardResult],
     parent: DatasetRef | None,

@@ -12,7 +12,12 @@ from fdd_core.store import read_examples
 from tasks.common import CACHE_POLICY
 
 
-@task(name="grading-pool", task_run_name="grading-pool-r{round_index}", cache_policy=CACHE_POLICY, persist_result=True)
+@task(
+    name="grading-pool",
+    task_run_name="grading-pool-r{round_index}",
+    cache_policy=CACHE_POLICY,
+    persist_result=True,
+)
 def grading_pool_task(
     originals: ProblemsRef, dataset: DatasetRef, run_dir: str, round_index: int, code_version: str
 ) -> ProblemsRef:
@@ -23,7 +28,14 @@ def grading_pool_task(
         if e.problem_id not in seen:
             seen.add(e.problem_id)
             pool.append(
-                Problem(id=e.problem_id, question=e.question, answer=e.answer, origin=e.origin,
-                        parent_id=e.parent_id, round=e.round, source_dataset=e.source_dataset)
+                Problem(
+                    id=e.problem_id,
+                    question=e.question,
+                    answer=e.answer,
+                    origin=e.origin,
+                    parent_id=e.parent_id,
+                    round=e.round,
+                    source_dataset=e.source_dataset,
+                )
             )
     return write_problems(Path(run_dir) / f"round-{round_index}", "pool", pool)

@@ -43,5 +43,7 @@ def synthesize_shard(
         round_index=round_index,
         cache=teacher_request_cache(teacher, storage),
     )
-    out = Path(run_dir) / f"round-{round_index}" / f"synth-{kind}" / f"shard-{shard_index:05d}.jsonl"
+    out = (
+        Path(run_dir) / f"round-{round_index}" / f"synth-{kind}" / f"shard-{shard_index:05d}.jsonl"
+    )
     return save_shard(out, problems, stats)

@@ -27,9 +27,23 @@ def test_hf_generate_bench_smoke(tiny_causal_dir, tmp_path, keep_threads):
     out = tmp_path / "hf.json"
     result = bench_hf_generate.main(
         [
-            "--model", str(tiny_causal_dir), "--prompts", "6", "--baseline-prompts", "2",
-            "--max-tokens", "4", "--n", "2", "--batch-size", "4", "--threads", "1",
-            "--no-llama", "--out", str(out),
+            "--model",
+            str(tiny_causal_dir),
+            "--prompts",
+            "6",
+            "--baseline-prompts",
+            "2",
+            "--max-tokens",
+            "4",
+            "--n",
+            "2",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--no-llama",
+            "--out",
+            str(out),
         ]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))

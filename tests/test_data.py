@@ -90,16 +90,30 @@ ASDIV_XML = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 MULTIARITH = [
-    {"iIndex": 1, "sQuestion": " For Halloween Debby and her sister combined the candy they "
-     "received. Debby had 32 pieces of candy while her sister had 42. If they ate 35 pieces "
-     "the first night, how many pieces do they have left?", "lAlignments": [],
-     "lEquations": ["X=((32.0+42.0)-35.0)"], "lSolutions": [39.0]},
-    {"iIndex": 2, "sQuestion": "A pet store had 13 siamese cats and 5 house cats. During a "
-     "sale they sold 10 cats. How many cats do they have left?", "lAlignments": [],
-     "lEquations": ["X=((13.0+5.0)-10.0)"], "lSolutions": [8.0]},
-    {"iIndex": 3, "sQuestion": "Each box holds 2.5 kilograms of flour. How many kilograms "
-     "are in 3 boxes?", "lAlignments": [], "lEquations": ["X=(2.5*3.0)"],
-     "lSolutions": [7.5]},
+    {
+        "iIndex": 1,
+        "sQuestion": " For Halloween Debby and her sister combined the candy they "
+        "received. Debby had 32 pieces of candy while her sister had 42. If they ate 35 pieces "
+        "the first night, how many pieces do they have left?",
+        "lAlignments": [],
+        "lEquations": ["X=((32.0+42.0)-35.0)"],
+        "lSolutions": [39.0],
+    },
+    {
+        "iIndex": 2,
+        "sQuestion": "A pet store had 13 siamese cats and 5 house cats. During a "
+        "sale they sold 10 cats. How many cats do they have left?",
+        "lAlignments": [],
+        "lEquations": ["X=((13.0+5.0)-10.0)"],
+        "lSolutions": [8.0],
+    },
+    {
+        "iIndex": 3,
+        "sQuestion": "Each box holds 2.5 kilograms of flour. How many kilograms are in 3 boxes?",
+        "lAlignments": [],
+        "lEquations": ["X=(2.5*3.0)"],
+        "lSolutions": [7.5],
+    },
 ]
 
 
@@ -108,16 +122,40 @@ MULTIARITH = [
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(5, 5.0), (2.5, 2.5), ("12", 12.0), (" -3.5 ", -3.5), ("1,234", 1234.0),
-     ("1,450,000", 1450000.0), ("$18", 18.0), ("3/4", 0.75), (".5", 0.5)],
+    [
+        (5, 5.0),
+        (2.5, 2.5),
+        ("12", 12.0),
+        (" -3.5 ", -3.5),
+        ("1,234", 1234.0),
+        ("1,450,000", 1450000.0),
+        ("$18", 18.0),
+        ("3/4", 0.75),
+        (".5", 0.5),
+    ],
 )
 def test_to_number_accepts_single_numbers(value, expected):
     assert _to_number(value) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
-    "value", [True, None, "", "2:3", "yes", "12,34", "5 or 6", "1/0", "nan", "inf",
-              float("nan"), float("inf"), [3], "1,2345"],
+    "value",
+    [
+        True,
+        None,
+        "",
+        "2:3",
+        "yes",
+        "12,34",
+        "5 or 6",
+        "1/0",
+        "nan",
+        "inf",
+        float("nan"),
+        float("inf"),
+        [3],
+        "1,2345",
+    ],
 )
 def test_to_number_rejects_everything_else(value):
     assert _to_number(value) is None
@@ -160,17 +198,28 @@ def test_gsm8k_ids_are_stable_content_hashes():
 
 
 def test_gsm8k_malformed_rows_name_file_line_and_field(tmp_path):
-    good = {"question": "Tom has 3 apples and buys 2 more. How many now?",
-            "answer": "3+2=<<3+2=5>>5\n#### 5"}
+    good = {
+        "question": "Tom has 3 apples and buys 2 more. How many now?",
+        "answer": "3+2=<<3+2=5>>5\n#### 5",
+    }
     cases = {
         "bad_json.jsonl": ([good, "{not json"], "line 2", "not valid JSON"),
         "no_question.jsonl": ([good, good, {"answer": "#### 4"}], "line 3", "'question'"),
-        "no_marker.jsonl": ([{"question": "How many?", "answer": "It is 5."}], "line 1",
-                            "'#### <number>'"),
-        "word_answer.jsonl": ([good, {"question": "How many?", "answer": "#### five"}],
-                              "line 2", "field 'answer'"),
-        "empty_q.jsonl": ([good, {"question": "   ", "answer": "#### 5"}], "line 2",
-                          "field 'question'"),
+        "no_marker.jsonl": (
+            [{"question": "How many?", "answer": "It is 5."}],
+            "line 1",
+            "'#### <number>'",
+        ),
+        "word_answer.jsonl": (
+            [good, {"question": "How many?", "answer": "#### five"}],
+            "line 2",
+            "field 'answer'",
+        ),
+        "empty_q.jsonl": (
+            [good, {"question": "   ", "answer": "#### 5"}],
+            "line 2",
+            "field 'question'",
+        ),
     }
     for name, (rows, where, what) in cases.items():
         path = write_jsonl(tmp_path / name, rows)
@@ -182,8 +231,14 @@ def test_gsm8k_malformed_rows_name_file_line_and_field(tmp_path):
 
 def test_gsm8k_lenient_mode_skips_and_counts_by_reason(tmp_path):
     good = {"question": "Tom has 3 apples and buys 2 more. How many now?", "answer": "#### 5"}
-    rows = [good, "{oops", {"answer": "#### 3"}, {"question": "Q?", "answer": "#### x"},
-            {"question": "Sam has 1,000 stamps. How many?", "answer": "#### 1,000"}, ""]
+    rows = [
+        good,
+        "{oops",
+        {"answer": "#### 3"},
+        {"question": "Q?", "answer": "#### x"},
+        {"question": "Sam has 1,000 stamps. How many?", "answer": "#### 1,000"},
+        "",
+    ]
     result = load_gsm8k(write_jsonl(tmp_path / "mixed.jsonl", rows), strict=False)
     assert [p.answer for p in result.problems] == [5.0, 1000.0]
     assert result.skipped == {"invalid_json": 1, "missing_field": 1, "non_numeric_answer": 1}
@@ -229,8 +284,14 @@ def test_svamp_real_file_loads_all_1000():
 
 
 def test_svamp_malformed_elements_name_index_id_and_field(tmp_path):
-    good = {"ID": "chal-1", "Body": "Each pack costs 76 dollars.", "Question": "How much for 2?",
-            "Equation": "76*2", "Answer": 152.0, "Type": "Multiplication"}
+    good = {
+        "ID": "chal-1",
+        "Body": "Each pack costs 76 dollars.",
+        "Question": "How much for 2?",
+        "Equation": "76*2",
+        "Answer": 152.0,
+        "Type": "Multiplication",
+    }
     bad_answer = dict(good, ID="chal-2", Answer="lots")
     no_body = {k: v for k, v in good.items() if k != "Body"} | {"ID": "chal-3"}
     path = tmp_path / "svamp.json"
@@ -267,8 +328,10 @@ def test_asdiv_numeric_answers_and_skipped_non_numeric(tmp_path):
         assert [p.answer for p in result.problems] == [9.0, 15.0, 0.25, 100.0]
         assert result.skipped == {"non_numeric_answer": 2}
     first = result.problems[0]
-    assert first.question == ("Seven red apples and two green apples are in the basket. "
-                              "How many apples are in the basket?")
+    assert first.question == (
+        "Seven red apples and two green apples are in the basket. "
+        "How many apples are in the basket?"
+    )
     assert first.source_dataset == "asdiv"
 
 
@@ -310,11 +373,13 @@ def test_multiarith_loads_first_solution(tmp_path):
 
 
 def test_multiarith_malformed_elements(tmp_path):
-    rows = [MULTIARITH[0],
-            dict(MULTIARITH[1], lSolutions=[]),
-            dict(MULTIARITH[2], lSolutions=["seven"]),
-            {"sQuestion": "How many?", "lSolutions": [1.0, 2.0]},
-            {"lSolutions": [3.0]}]
+    rows = [
+        MULTIARITH[0],
+        dict(MULTIARITH[1], lSolutions=[]),
+        dict(MULTIARITH[2], lSolutions=["seven"]),
+        {"sQuestion": "How many?", "lSolutions": [1.0, 2.0]},
+        {"lSolutions": [3.0]},
+    ]
     path = tmp_path / "ma.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     with pytest.raises(DataFormatError) as info:
@@ -323,17 +388,18 @@ def test_multiarith_malformed_elements(tmp_path):
     assert "ma.json" in message and "element 1" in message and "field 'lSolutions'" in message
     result = load_multiarith(path, strict=False)
     assert len(result.problems) == 1
-    assert result.skipped == {"non_numeric_answer": 2, "ambiguous_answer": 1,
-                              "missing_field": 1}
+    assert result.skipped == {"non_numeric_answer": 2, "ambiguous_answer": 1, "missing_field": 1}
 
 
 # --------------------------------------------------------------------- generic JSONL
 
 
 def test_generic_jsonl_numbers_and_numeric_strings(tmp_path):
-    rows = [{"question": "What is 2 + 3?", "answer": 5, "extra": "ignored"},
-            {"question": "What is 10 / 4?", "answer": "2.5"},
-            {"question": "What is 1000 + 234?", "answer": "1,234"}]
+    rows = [
+        {"question": "What is 2 + 3?", "answer": 5, "extra": "ignored"},
+        {"question": "What is 10 / 4?", "answer": "2.5"},
+        {"question": "What is 1000 + 234?", "answer": "1,234"},
+    ]
     path = write_jsonl(tmp_path / "mine.jsonl", rows)
     result = load_jsonl(path)
     assert [p.answer for p in result.problems] == [5.0, 2.5, 1234.0]
@@ -369,8 +435,10 @@ def test_embedded_set_sizes_and_disjoint_splits():
 def test_embedded_rows_match_generator_and_answers_are_right():
     generated = generate()
     for split in ("train", "test"):
-        rows = [json.loads(line) for line in
-                embedded_path(split).read_text(encoding="utf-8").splitlines()]
+        rows = [
+            json.loads(line)
+            for line in embedded_path(split).read_text(encoding="utf-8").splitlines()
+        ]
         assert [r["question"] for r in rows] == [g.question for g in generated[split]]
         steps = [r["steps"] for r in rows]
         assert set(steps) == {1, 2, 3}
@@ -416,8 +484,12 @@ def test_embedded_generator_is_deterministic_and_check_detects_drift(tmp_path):
 
 
 def test_embedded_check_command_line():
-    ok = subprocess.run([sys.executable, "-m", "fdd_core.embedded_problems", "--check"],
-                        cwd=REPO, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "fdd_core.embedded_problems", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "match" in ok.stdout
 
@@ -426,8 +498,18 @@ def test_embedded_check_command_line_fails_on_a_changed_file(tmp_path):
     for split, rows in generate().items():
         (tmp_path / FILES[split]).write_text(render(rows)[:-200], encoding="utf-8")
     run = subprocess.run(
-        [sys.executable, "-m", "fdd_core.embedded_problems", "--check", "--data-dir",
-         str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fdd_core.embedded_problems",
+            "--check",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
     assert "differs" in run.stderr and "--write" in run.stderr
 
@@ -445,8 +527,10 @@ def test_load_source_embedded_local_files_and_limit(tmp_path):
     embedded = load_source(DataSource(name="embedded", split="test", limit=7))
     assert len(embedded.problems) == 7
     assert embedded.problems == load_embedded("test").problems[:7]
-    path = write_jsonl(tmp_path / "x.jsonl",
-                       [{"question": f"What is {i} times 2?", "answer": 2 * i} for i in range(5)])
+    path = write_jsonl(
+        tmp_path / "x.jsonl",
+        [{"question": f"What is {i} times 2?", "answer": 2 * i} for i in range(5)],
+    )
     jsonl = load_source(DataSource(name="jsonl", path=str(path), limit=2))
     assert [p.answer for p in jsonl.problems] == [0.0, 2.0]
     asdiv = tmp_path / "a.xml"
@@ -455,8 +539,10 @@ def test_load_source_embedded_local_files_and_limit(tmp_path):
 
 
 def test_load_source_passes_strict_through(tmp_path):
-    path = write_jsonl(tmp_path / "m.jsonl", [{"question": "What is 1 + 1?", "answer": 2},
-                                              {"question": "What?", "answer": "two"}])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"question": "What is 1 + 1?", "answer": 2}, {"question": "What?", "answer": "two"}],
+    )
     with pytest.raises(DataFormatError):
         load_source(DataSource(name="jsonl", path=str(path)))
     result = load_source(DataSource(name="jsonl", path=str(path)), strict=False)

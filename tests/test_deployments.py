@@ -285,7 +285,8 @@ def _parse(argv):
 
 def test_cli_parses_deploy_and_setup():
     args = _parse(["deploy", "c.yaml", "--pool", "p", "--cron", "0 3 * * *", "--name", "n",
-                   "--set", "a.b=1", "--job-var", 'env={"X": "1"}', "--job-var", "image=x:1"])  # fmt: skip
+                   "--set", "a.b=1", "--job-var", 'env={"X": "1"}',
+                   "--job-var", "image=x:1"])  # fmt: skip
     assert (args.config, args.pool, args.cron, args.name) == ("c.yaml", "p", "0 3 * * *", "n")
     assert args.overrides == ["a.b=1"]
     assert dict(args.job_vars) == {"env": {"X": "1"}, "image": "x:1"}

@@ -38,8 +38,11 @@ SANDBOX = SandboxConfig(timeout_s=1.0, cpu_s=1, memory_mb=256, max_workers=2)
 
 # question -> (reference answer, what the fake student writes, expected bucket)
 CASES = {
-    "Ann has 56 cards and gives away 23. How many are left?":
-        (33, "cards = 56\ngiven = 23\nans = cards - given", "correct"),
+    "Ann has 56 cards and gives away 23. How many are left?": (
+        33,
+        "cards = 56\ngiven = 23\nans = cards - given",
+        "correct",
+    ),
     "A box has 4 rows of 6 eggs. How many eggs?": (24, "ans = 4 + 6", "wrong_answer"),
     "Tim splits 10 apples among 0 friends. How many each?": (0, "ans = 10 / 0", "error"),
     "A snail climbs forever. How far?": (1, "while True:\n    pass\nans = 1", "timeout"),
@@ -82,8 +85,9 @@ def problems_for(cases: dict) -> list[Problem]:
 
 
 def write_jsonl(path: Path, problems: list[Problem]) -> Path:
-    path.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
-                            for p in problems))
+    path.write_text(
+        "".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in problems)
+    )
     return path
 
 
@@ -146,7 +150,7 @@ def test_every_bucket_is_counted_and_written(tmp_path):
     spec = load_spec("embedded")
     result = evaluate(backend, spec, problems, SANDBOX, batch_size=4, out_dir=tmp_path / "e")
 
-    expected = {b: 0 for b in BUCKETS}
+    expected = dict.fromkeys(BUCKETS, 0)
     for _, _, bucket in CASES.values():
         expected[bucket] += 1
     assert result.breakdown == expected
@@ -155,14 +159,16 @@ def test_every_bucket_is_counted_and_written(tmp_path):
     # Batches of 4, in order, greedy, with the spec's stop strings and budget.
     assert [len(prompts) for prompts, _ in backend.calls] == [4, 4, 1]
     budget = spec.generation.max_tokens
-    assert all(p.greedy and p.stop == STUDENT_STOP and p.max_tokens == budget
-               for _, p in backend.calls)
+    assert all(
+        p.greedy and p.stop == STUDENT_STOP and p.max_tokens == budget for _, p in backend.calls
+    )
     assert [p for prompts, _ in backend.calls for p in prompts] == [
-        student_prompt(q) for q in CASES]
+        student_prompt(q) for q in CASES
+    ]
 
     rows = read_predictions(result)
     assert [r["question"] for r in rows] == list(CASES)
-    for row, problem, (ref, text, bucket) in zip(rows, problems, CASES.values()):
+    for row, problem, (ref, _text, bucket) in zip(rows, problems, CASES.values()):
         assert row["id"] == problem.id and row["reference"] == ref
         assert row["status"] == bucket, (row["question"], row)
     by_status = {r["status"]: r for r in rows}
@@ -173,15 +179,23 @@ def test_every_bucket_is_counted_and_written(tmp_path):
     assert "ZeroDivisionError" in by_status["error"]["stderr"]
     saved = json.loads((tmp_path / "e" / "result.json").read_text())
     assert saved["breakdown"] == expected and saved["spec"]["name"] == "embedded"
-    assert result.summary() == {"n": 9, "accuracy": pytest.approx(1 / 9), "correct": 1,
-                                "wrong_answer": 1, "error": 1, "timeout": 1,
-                                "no_program": 1, "other": 4}
+    assert result.summary() == {
+        "n": 9,
+        "accuracy": pytest.approx(1 / 9),
+        "correct": 1,
+        "wrong_answer": 1,
+        "error": 1,
+        "timeout": 1,
+        "no_program": 1,
+        "other": 4,
+    }
 
 
 def test_evaluate_without_out_dir_writes_nothing_and_refuses_unlabelled(tmp_path):
     backend = ScriptedBackend({"What is 1 + 1?": "ans = 2"})
-    result = evaluate(backend, load_spec("embedded"), [Problem.create("What is 1 + 1?", 2)],
-                      SANDBOX, max_tokens=5)
+    result = evaluate(
+        backend, load_spec("embedded"), [Problem.create("What is 1 + 1?", 2)], SANDBOX, max_tokens=5
+    )
     assert result.accuracy == 1.0 and result.predictions_path is None
     assert backend.calls[0][1].max_tokens == 5
     with pytest.raises(ValueError, match="no reference answer"):
@@ -196,13 +210,18 @@ def test_evaluate_model_files_results_with_the_model_and_merges_the_summary(tmp_
     data = write_jsonl(tmp_path / "small.jsonl", problems_for(cases))
     backend = ScriptedBackend({q: text for q, (_, text, _) in CASES.items()})
     cfg = EvaluationConfig(limit=2)
-    first = evaluate_model(str(model_dir), [str(data)], eval_cfg=cfg, sandbox_cfg=SANDBOX,
-                           backend=backend)
+    first = evaluate_model(
+        str(model_dir), [str(data)], eval_cfg=cfg, sandbox_cfg=SANDBOX, backend=backend
+    )
     assert first["small"].n == 2 and first["small"].correct == 1
     assert Path(first["small"].predictions_path).parent == model_dir / "eval" / "small"
-    emb = evaluate_model(str(model_dir), ["embedded"], eval_cfg=EvaluationConfig(limit=1),
-                         sandbox_cfg=SANDBOX,
-                         backend=ScriptedBackend(_embedded_answers(1)))
+    emb = evaluate_model(
+        str(model_dir),
+        ["embedded"],
+        eval_cfg=EvaluationConfig(limit=1),
+        sandbox_cfg=SANDBOX,
+        backend=ScriptedBackend(_embedded_answers(1)),
+    )
     assert emb["embedded"].n == 1 and not backend.closed  # a caller's backend stays open
     summary = json.loads((model_dir / "eval" / "results.json").read_text())
     assert set(summary["benchmarks"]) == {"small", "embedded"}  # merged, not replaced
@@ -223,7 +242,8 @@ def test_model_config_and_default_folder_for_each_kind_of_model(tmp_path):
     assert (named.model, named.adapter) == ("some/hub-id", None)
     assert default_eval_dir(str(tmp_path)) == tmp_path / "eval"
     assert default_eval_dir("smollm2-135m-instruct", tmp_path / "c") == (
-        tmp_path / "c" / "eval" / "smollm2-135m-instruct")
+        tmp_path / "c" / "eval" / "smollm2-135m-instruct"
+    )
 
 
 # --------------------------------------------------------------------------- real backend
@@ -235,8 +255,9 @@ def test_tiny_model_through_the_real_hf_backend(tmp_path, tiny_causal_dir):
     problems = load_problems(load_spec("embedded"), limit=4).problems
     backend = HFBackend(str(tiny_causal_dir), device="cpu", batch_size=4)
     try:
-        result = evaluate(backend, load_spec("embedded"), problems, SANDBOX,
-                          out_dir=tmp_path / "e", max_tokens=12)
+        result = evaluate(
+            backend, load_spec("embedded"), problems, SANDBOX, out_dir=tmp_path / "e", max_tokens=12
+        )
     finally:
         backend.close()
     rows = read_predictions(result)
@@ -255,15 +276,21 @@ def test_a_trained_student_scores_above_zero(tmp_path, tiny_causal_dir):
     from tests.test_training import make_examples
 
     examples = make_examples(8)
-    cfg = TrainingConfig(method="full", max_steps=100, learning_rate=5e-3, batch_size=8,
-                         warmup_ratio=0.0)
-    ref = train_student(examples, str(tiny_causal_dir), cfg, tmp_path / "student",
-                        device="cpu")
-    data = write_jsonl(tmp_path / "seen.jsonl",
-                       [Problem.create(e.question, e.answer) for e in examples])
-    results = evaluate_model(ref, [str(data)], eval_cfg=EvaluationConfig(),
-                             sandbox_cfg=SANDBOX, student_cfg=StudentConfig(device="cpu"),
-                             max_tokens=48)
+    cfg = TrainingConfig(
+        method="full", max_steps=100, learning_rate=5e-3, batch_size=8, warmup_ratio=0.0
+    )
+    ref = train_student(examples, str(tiny_causal_dir), cfg, tmp_path / "student", device="cpu")
+    data = write_jsonl(
+        tmp_path / "seen.jsonl", [Problem.create(e.question, e.answer) for e in examples]
+    )
+    results = evaluate_model(
+        ref,
+        [str(data)],
+        eval_cfg=EvaluationConfig(),
+        sandbox_cfg=SANDBOX,
+        student_cfg=StudentConfig(device="cpu"),
+        max_tokens=48,
+    )
     res = results["seen"]
     assert res.n == 8 and res.accuracy > 0, res.breakdown
     assert Path(res.predictions_path).parent == tmp_path / "student" / "eval" / "seen"
@@ -285,17 +312,35 @@ def _parse(argv):
 
 def test_cli_eval_prints_the_table_and_where_results_went(tmp_path, tiny_causal_dir, capsys):
     data = write_jsonl(tmp_path / "mine.jsonl", problems_for(CASES))
-    args = _parse(["eval", "--model", str(tiny_causal_dir), "--benchmark", str(data),
-                   "--limit", "2", "--max-tokens", "6", "--out", str(tmp_path / "out"),
-                   "--device", "cpu", "--set", "sandbox.timeout_s=1"])
+    args = _parse(
+        [
+            "eval",
+            "--model",
+            str(tiny_causal_dir),
+            "--benchmark",
+            str(data),
+            "--limit",
+            "2",
+            "--max-tokens",
+            "6",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--set",
+            "sandbox.timeout_s=1",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("benchmark"))
     for col in ("n", "accuracy", "correct", "wrong_answer", "error", "timeout", "no_program"):
         assert col in header.split()
     assert "mine" in out and str(tmp_path / "out" / "results.json") in out
-    rows = [json.loads(x) for x in (tmp_path / "out" / "mine" / "predictions.jsonl")
-            .read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for x in (tmp_path / "out" / "mine" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 2
 
 

@@ -331,7 +331,8 @@ def test_filter_is_deterministic_across_processes():
         "import random\n"
         "from tests.test_filtering import _variant, BAKERY, TRAIN\n"
         "g = random.Random(1)\n"
-        "qs = _mixed_batch() + [_variant(g, random.Random(2).choice([BAKERY, TRAIN])) for _ in range(60)]\n"
+        "pick = random.Random(2)\n"
+        "qs = _mixed_batch() + [_variant(g, pick.choice([BAKERY, TRAIN])) for _ in range(60)]\n"
         "r = _filter(qs, existing=[TRAIN], test_sets={'svamp': [TEST_Q]})\n"
         "print(json.dumps([[p.id for p in r.kept], r.dropped, r.examples]))\n"
     )

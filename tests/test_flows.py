@@ -40,9 +40,20 @@ def teacher_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("teacher") / "requests.jsonl"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.scripted_teacher", "--port", str(port), "--log", str(log),
-         "--latency", str(TEACHER_LATENCY_S)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "tests.servers.scripted_teacher",
+            "--port",
+            str(port),
+            "--log",
+            str(log),
+            "--latency",
+            str(TEACHER_LATENCY_S),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -80,23 +91,43 @@ def world(tmp_path_factory):
 
 def tiny_config(world, teacher_url, student_dir, root, run_name, cache_dir) -> RunConfig:
     train, test = world
-    return RunConfig.model_validate({
-        "teacher": {"backend": "openai", "model": "scripted-teacher", "base_url": teacher_url,
-                    "n_samples": 4, "temperature": 0.7, "max_tokens": 64, "request_cache": False,
-                    "max_concurrency": 2, "request_timeout_s": 10},
-        "student": {"backend": "hf", "model": str(student_dir), "device": "cpu",
-                    "max_tokens": 24, "batch_size": 16},
-        "data": {"train": [{"name": "jsonl", "path": str(train)}]},
-        "rounds": {"n_rounds": 1, "stop_when_no_growth": False},
-        "synthesis": {"n_complex": 1, "n_similar": 1},
-        "labeling": {"n_programs": 4, "agreement_threshold": 0.5, "max_rationales": 2},
-        "training": {"method": "full", "epochs": 1, "batch_size": 8, "max_seq_len": 128,
-                     "learning_rate": 0.001},
-        "evaluation": {"benchmarks": [str(test)], "limit": 8, "batch_size": 8},
-        "sandbox": {"max_workers": 2},
-        "orchestration": {"shard_size": 16, "max_workers": 2, "retry_delay_s": 0.1},
-        "storage": {"root": str(root), "run_name": run_name, "cache_dir": str(cache_dir)},
-    })
+    return RunConfig.model_validate(
+        {
+            "teacher": {
+                "backend": "openai",
+                "model": "scripted-teacher",
+                "base_url": teacher_url,
+                "n_samples": 4,
+                "temperature": 0.7,
+                "max_tokens": 64,
+                "request_cache": False,
+                "max_concurrency": 2,
+                "request_timeout_s": 10,
+            },
+            "student": {
+                "backend": "hf",
+                "model": str(student_dir),
+                "device": "cpu",
+                "max_tokens": 24,
+                "batch_size": 16,
+            },
+            "data": {"train": [{"name": "jsonl", "path": str(train)}]},
+            "rounds": {"n_rounds": 1, "stop_when_no_growth": False},
+            "synthesis": {"n_complex": 1, "n_similar": 1},
+            "labeling": {"n_programs": 4, "agreement_threshold": 0.5, "max_rationales": 2},
+            "training": {
+                "method": "full",
+                "epochs": 1,
+                "batch_size": 8,
+                "max_seq_len": 128,
+                "learning_rate": 0.001,
+            },
+            "evaluation": {"benchmarks": [str(test)], "limit": 8, "batch_size": 8},
+            "sandbox": {"max_workers": 2},
+            "orchestration": {"shard_size": 16, "max_workers": 2, "retry_delay_s": 0.1},
+            "storage": {"root": str(root), "run_name": run_name, "cache_dir": str(cache_dir)},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +150,14 @@ def first_run(harness, world, teacher_server, tiny_causal_dir, tmp_path_factory)
     from flows.distill import fdd_distill
 
     root = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(world, teacher_server[0], tiny_causal_dir, root, "uninterrupted",
-                      tmp_path_factory.mktemp("cache"))
+    cfg = tiny_config(
+        world,
+        teacher_server[0],
+        tiny_causal_dir,
+        root,
+        "uninterrupted",
+        tmp_path_factory.mktemp("cache"),
+    )
     start = time.monotonic()
     state = fdd_distill(config=cfg, return_state=True)
     elapsed = time.monotonic() - start
@@ -140,14 +177,17 @@ def _task_runs_under(flow_run_id):
 
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
         )
         ids = [flow_run_id] + [c.id for c in children]
         runs, offset = [], 0
         while True:  # the API serves at most 200 rows a page
             page = client.read_task_runs(
                 task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
-                limit=200, offset=offset,
+                limit=200,
+                offset=offset,
             )
             runs += page
             offset += len(page)
@@ -199,7 +239,9 @@ def test_rerun_of_finished_run_is_all_cache_hits_and_fast(first_run):
     state = fdd_distill(config=cfg, return_state=True)
     elapsed = time.monotonic() - start
     again = state.result()
-    assert [r.dataset.version_id for r in again.rounds] == [r.dataset.version_id for r in result.rounds]
+    assert [r.dataset.version_id for r in again.rounds] == [
+        r.dataset.version_id for r in result.rounds
+    ]
     children, task_runs = _task_runs_under(state.state_details.flow_run_id)
     assert len(children) == 2
     assert len(task_runs) >= 12
@@ -215,13 +257,16 @@ def _wait_for(predicate, timeout, proc=None, what=""):
             return
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"process ended (rc={proc.returncode}) before {what}:\n{out[-3000:]}")
+            raise AssertionError(
+                f"process ended (rc={proc.returncode}) before {what}:\n{out[-3000:]}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_mid_round_then_resume_gives_the_same_dataset(first_run, world, teacher_server,
-                                                               tiny_causal_dir, tmp_path):
+def test_sigkill_mid_round_then_resume_gives_the_same_dataset(
+    first_run, world, teacher_server, tiny_causal_dir, tmp_path
+):
     url, log = teacher_server
     cfg_ref, reference, _ = first_run
     cfg = tiny_config(world, url, tiny_causal_dir, tmp_path / "runs", "killed", tmp_path / "cache")
@@ -234,21 +279,37 @@ def test_sigkill_mid_round_then_resume_gives_the_same_dataset(first_run, world, 
     synth = run_dir / "round-1" / "synth-similar"
     log_lines_before = len(log.read_text().splitlines()) if log.exists() else 0
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: synth.is_dir() and any(synth.glob("*.stats.json")), 300, proc,
-                  "the first round-1 synthesis shard")
+        _wait_for(
+            lambda: synth.is_dir() and any(synth.glob("*.stats.json")),
+            300,
+            proc,
+            "the first round-1 synthesis shard",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-    assert not (run_dir / "round-1" / "summary.json").exists(), "killed too late: round 1 had finished"
+    assert not (run_dir / "round-1" / "summary.json").exists(), (
+        "killed too late: round 1 had finished"
+    )
     sent_before = [json.loads(x)["prompt"] for x in log.read_text().splitlines()[log_lines_before:]]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    sent_after = [json.loads(x)["prompt"] for x in log.read_text().splitlines()[log_lines_before + len(sent_before):]]
+    sent_after = [
+        json.loads(x)["prompt"]
+        for x in log.read_text().splitlines()[log_lines_before + len(sent_before) :]
+    ]
 
     resumed = json.loads((run_dir / "run.json").read_text())
     assert resumed["status"] == "completed"
@@ -258,7 +319,9 @@ def test_sigkill_mid_round_then_resume_gives_the_same_dataset(first_run, world, 
     from fdd_core.store import read_examples
 
     final = read_examples(Path(resumed["rounds"][-1]["dataset"]["path"]))
-    assert sorted(e.id for e in final) == sorted(e.id for e in read_examples(reference.rounds[-1].dataset))
+    assert sorted(e.id for e in final) == sorted(
+        e.id for e in read_examples(reference.rounds[-1].dataset)
+    )
     assert len({e.id for e in final}) == len(final)
     # Finished shards were not recomputed: only prompts of shards in flight at the kill
     # (at most max_workers shards of shard_size prompts) reached the teacher twice.

@@ -65,8 +65,25 @@ def test_parse_number_reads_common_forms(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    [None, "", "no digits here", "eighteen", "1/0", "1e999", True, False,
-     float("nan"), float("inf"), 10 ** 400, "x2", [1], {"a": 1}, b"12", "####", "#### none"],
+    [
+        None,
+        "",
+        "no digits here",
+        "eighteen",
+        "1/0",
+        "1e999",
+        True,
+        False,
+        float("nan"),
+        float("inf"),
+        10**400,
+        "x2",
+        [1],
+        {"a": 1},
+        b"12",
+        "####",
+        "#### none",
+    ],
 )
 def test_parse_number_gives_none_for_what_it_cannot_read(text):
     assert parse_number(text) is None
@@ -104,8 +121,16 @@ def test_answers_match_with_tolerance():
 
 
 def test_answers_match_refuses_missing_and_non_finite():
-    for a, b in [(None, 1.0), (1.0, None), (None, None), (math.nan, math.nan),
-                 (math.inf, math.inf), (True, 1.0), ("18", 18.0), (10 ** 400, 1.0)]:
+    for a, b in [
+        (None, 1.0),
+        (1.0, None),
+        (None, None),
+        (math.nan, math.nan),
+        (math.inf, math.inf),
+        (True, 1.0),
+        ("18", 18.0),
+        (10**400, 1.0),
+    ]:
         assert not answers_match(a, b), (a, b)
     from decimal import Decimal
     from fractions import Fraction
@@ -204,8 +229,10 @@ def test_svamp_equations_run_as_programs_match_their_answers(sandbox):
     for row, res in zip(rows, results, strict=True):
         # The sandbox computes exactly what Python does with this (trusted) arithmetic.
         assert res.ok and res.answer == pytest.approx(eval(row["Equation"])), (row["ID"], res)
-    labelled = [answers_match(res.answer, parse_number(row["Answer"]))
-                for row, res in zip(rows, results, strict=True)]
+    labelled = [
+        answers_match(res.answer, parse_number(row["Answer"]))
+        for row, res in zip(rows, results, strict=True)
+    ]
     # SVAMP has a few mislabelled rows (chal-680: Answer 1.0, Equation gives 5.0).
     assert sum(labelled) >= 0.99 * len(rows)
 

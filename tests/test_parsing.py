@@ -38,29 +38,47 @@ PROGRAMS_OK = {
     "unterminated fence": ("```python\ntotal = 12\nans = total / 3\n", 4),
     "closing fence on the code line": ("```python\nans = 2 ** 5```", 32),
     "raw code with prose around": (
-        "Here is the code:\nx = 5\ny = 7\nans = x * y\nThe answer is 35.", 35),
+        "Here is the code:\nx = 5\ny = 7\nans = x * y\nThe answer is 35.",
+        35,
+    ),
     "student runs on into the next question": (
         "eggs = 16 - 3 - 4\nans = eggs * 2\nQuestion: A robe takes 2 bolts of blue fiber."
-        "\nbolts = 2 + 1\nans = bolts", 18),
+        "\nbolts = 2 + 1\nans = bolts",
+        18,
+    ),
     "question line inside the fence": (
         "```python\n# hours to minutes\nhours = 3\nans = hours * 60\n\nQuestion: next?\n"
-        "ans = 0\n```", 180),
+        "ans = 0\n```",
+        180,
+    ),
     "prose between statements": (
-        "x = 5 + 3\nThis is the number of apples in the basket.\nans = x * 2\n", 16),
+        "x = 5 + 3\nThis is the number of apples in the basket.\nans = x * 2\n",
+        16,
+    ),
     "whole block indented": ("    x = 5\n    ans = x * 2", 10),
     "first failing fence then a good one": (
-        "```python\nans = (3 +\n```\nOops, let me fix that:\n```python\nans = 42\n```", 42),
-    "last assignment salvaged when nothing stores ans": ("```python\na = 3\ntotal = a * 4\n```", 12),
+        "```python\nans = (3 +\n```\nOops, let me fix that:\n```python\nans = 42\n```",
+        42,
+    ),
+    "last assignment salvaged when nothing stores ans": (
+        "```python\na = 3\ntotal = a * 4\n```",
+        12,
+    ),
     "final expression salvaged": ("```python\na = 3\nb = 4\na + b\n```", 7),
     "a real ans wins over an earlier salvageable block": (
-        "```python\nx = 1\n```\n```python\nans = 2\n```", 2),
+        "```python\nx = 1\n```\n```python\nans = 2\n```",
+        2,
+    ),
     "several candidates, first with ans wins": (
-        "```python\nx = 1\n```\n```python\nans = 2\n```\n```python\nans = 3\n```", 2),
+        "```python\nx = 1\n```\n```python\nans = 2\n```\n```python\nans = 3\n```",
+        2,
+    ),
     "windows line endings": ("```python\r\na = 6\r\nans = a / 4\r\n```", 1.5),
     "notebook-style trailing ans and answer line": ("Answer\nans = 6\nans\nDone", 6),
     "loops and ifs": (
         "```python\nans = 0\nfor i in range(1, 5):\n    if i % 2 == 0:\n        ans += i\n```",
-        6),
+        6,
+    ),
     "math import": ("```python\nimport math\nans = math.floor(7 / 2)\n```", 3),
     "tuple assignment": ("```python\nans, rest = divmod(17, 5)\n```", 3),
     "bytes input": (b"ans = 1 + 1", 2),
@@ -89,12 +107,17 @@ def test_prose_and_fences_never_reach_the_program():
 FIXES = {
     "print of an expression": ("```python\nprint(3 + 4)\n```", 7, "print_to_ans"),
     "print of an f-string": (
-        "apples = 5\nprint(f'The answer is {apples * 2}')", 10, "print_to_ans"),
+        "apples = 5\nprint(f'The answer is {apples * 2}')",
+        10,
+        "print_to_ans",
+    ),
     "print with a label": ("total = 9\nprint('Answer:', total - 1)", 8, "print_to_ans"),
     "PAL-style solution()": (
-        "def solution():\n    a = 5\n    b = 3\n    return a * b\n", 15, "call_solution"),
-    "print(solution())": (
-        "def solution():\n    return 7\n\nprint(solution())", 7, "print_to_ans"),
+        "def solution():\n    a = 5\n    b = 3\n    return a * b\n",
+        15,
+        "call_solution",
+    ),
+    "print(solution())": ("def solution():\n    return 7\n\nprint(solution())", 7, "print_to_ans"),
 }
 
 
@@ -117,7 +140,9 @@ PROGRAMS_BAD = {
     "print of a plain string": ("x = 5\nprint('done')", "no_ans_assignment"),
     "print of ans itself": ("x = 1\nprint(ans)", "no_ans_assignment"),
     "ans inside a function only": (
-        "def f():\n    ans = 3\n    return ans\nf(1)", "no_ans_assignment"),
+        "def f():\n    ans = 3\n    return ans\nf(1)",
+        "no_ans_assignment",
+    ),
     "broken first statement": ("```python\nx = 5 +* 3\nans = x\n```", "syntax_error"),
     "broken ans line": ("x = 5\nans = x +* 2", "syntax_error"),
     "return outside a function": ("return 5", "syntax_error"),
@@ -165,45 +190,57 @@ PROBLEM_LISTS = {
         "1. Tom has 5 apples and buys 3 bags with 4 apples each. How many apples does he have?\n"
         "2. Sara has 12 pens. She gives away a third and buys 7. How many pens does she have?\n"
         "3) A bus carries 40 people. At the first stop 25% get off. How many remain?",
-        ["Tom has 5 apples and buys 3 bags with 4 apples each. How many apples does he have?",
-         "Sara has 12 pens. She gives away a third and buys 7. How many pens does she have?",
-         "A bus carries 40 people. At the first stop 25% get off. How many remain?"],
+        [
+            "Tom has 5 apples and buys 3 bags with 4 apples each. How many apples does he have?",
+            "Sara has 12 pens. She gives away a third and buys 7. How many pens does she have?",
+            "A bus carries 40 people. At the first stop 25% get off. How many remain?",
+        ],
     ),
     "bold labels with answers and solutions": (
         "**Problem 1:** Mia bakes 24 cookies and eats 3. How many are left?\n"
         "**Answer:** 21\n\n"
         "**Problem 2:** Leo earns $8 an hour for 5 hours. How much does he earn?\n"
         "**Solution:** 8*5 = 40",
-        ["Mia bakes 24 cookies and eats 3. How many are left?",
-         "Leo earns $8 an hour for 5 hours. How much does he earn?"],
+        [
+            "Mia bakes 24 cookies and eats 3. How many are left?",
+            "Leo earns $8 an hour for 5 hours. How much does he earn?",
+        ],
     ),
     "Question N: with answer lines": (
         "Question 1: A train travels 60 km per hour for 3 hours. How far does it go?\n"
         "Answer: 180 km\n"
         "Question 2: Ann reads 12 pages a day for a week. How many pages does she read?\n"
         "Answer: 84",
-        ["A train travels 60 km per hour for 3 hours. How far does it go?",
-         "Ann reads 12 pages a day for a week. How many pages does she read?"],
+        [
+            "A train travels 60 km per hour for 3 hours. How far does it go?",
+            "Ann reads 12 pages a day for a week. How many pages does she read?",
+        ],
     ),
     "bullets": (
         "- Ben has 7 marbles and finds twice as many. How many marbles does he have?\n"
         "* Kim has 30 stickers and gives 12 away. How many are left?",
-        ["Ben has 7 marbles and finds twice as many. How many marbles does he have?",
-         "Kim has 30 stickers and gives 12 away. How many are left?"],
+        [
+            "Ben has 7 marbles and finds twice as many. How many marbles does he have?",
+            "Kim has 30 stickers and gives 12 away. How many are left?",
+        ],
     ),
     "blank-line paragraphs": (
         "Jack has 9 cars. He buys 4 more. How many cars does he have?\n\n"
         "Lily has 15 dolls and gives 6 to her sister.\nHow many dolls does she have left?",
-        ["Jack has 9 cars. He buys 4 more. How many cars does he have?",
-         "Lily has 15 dolls and gives 6 to her sister. How many dolls does she have left?"],
+        [
+            "Jack has 9 cars. He buys 4 more. How many cars does he have?",
+            "Lily has 15 dolls and gives 6 to her sister. How many dolls does she have left?",
+        ],
     ),
     "heading per problem": (
         "### Problem 1\nA farmer has 12 cows and buys 8 more. Then he sells half. "
         "How many cows remain?\n\n### Problem 2\nA shop sells 45 shirts on Monday and twice "
         "as many on Tuesday. How many shirts does it sell in total?",
-        ["A farmer has 12 cows and buys 8 more. Then he sells half. How many cows remain?",
-         "A shop sells 45 shirts on Monday and twice as many on Tuesday. How many shirts "
-         "does it sell in total?"],
+        [
+            "A farmer has 12 cows and buys 8 more. Then he sells half. How many cows remain?",
+            "A shop sells 45 shirts on Monday and twice as many on Tuesday. How many shirts "
+            "does it sell in total?",
+        ],
     ),
     "numbered solution steps under a problem": (
         "1. The store had 50 apples. It sold 20% of them and then 5 more. How many are left?\n"
@@ -211,34 +248,44 @@ PROBLEM_LISTS = {
         ["The store had 50 apples. It sold 20% of them and then 5 more. How many are left?"],
     ),
     "quoted items": (
-        "1. \"Mark buys 3 pizzas for $12 each and a drink for $4. How much does he spend?\"\n"
+        '1. "Mark buys 3 pizzas for $12 each and a drink for $4. How much does he spend?"\n'
         "2. 'Nina has 100 dollars and spends 35%. How much money is left?'",
-        ["Mark buys 3 pizzas for $12 each and a drink for $4. How much does he spend?",
-         "Nina has 100 dollars and spends 35%. How much money is left?"],
+        [
+            "Mark buys 3 pizzas for $12 each and a drink for $4. How much does he spend?",
+            "Nina has 100 dollars and spends 35%. How much money is left?",
+        ],
     ),
     "inline numbering on one line": (
         "1. Sam has 4 boxes of 6 eggs. How many eggs? (Answer: 24) 2. Eva has 3 bags of 5 "
         "nuts. How many nuts does she have in all?",
-        ["Sam has 4 boxes of 6 eggs. How many eggs?",
-         "Eva has 3 bags of 5 nuts. How many nuts does she have in all?"],
+        [
+            "Sam has 4 boxes of 6 eggs. How many eggs?",
+            "Eva has 3 bags of 5 nuts. How many nuts does she have in all?",
+        ],
     ),
     "label without number": (
         "Harder problem: John has 5 apples. He buys 2 bags of 6 apples each and gives 4 away. "
         "How many apples does he have now?",
-        ["John has 5 apples. He buys 2 bags of 6 apples each and gives 4 away. How many "
-         "apples does he have now?"],
+        [
+            "John has 5 apples. He buys 2 bags of 6 apples each and gives 4 away. How many "
+            "apples does he have now?"
+        ],
     ),
     "answer after the question mark": (
         "1. Zoe has 3 cats and 4 dogs. How many pets does she have? She has 7 pets.\n"
         "2. Find the cost of 6 pens at $2 each.",
-        ["Zoe has 3 cats and 4 dogs. How many pets does she have?",
-         "Find the cost of 6 pens at $2 each."],
+        [
+            "Zoe has 3 cats and 4 dogs. How many pets does she have?",
+            "Find the cost of 6 pens at $2 each.",
+        ],
     ),
     "Q-numbered": (
         "Q1: Ivy picks 14 flowers and gives 5 to her mom. How many flowers are left?\n"
         "Q2) Ravi buys 3 books for $7 each. How much does he pay?",
-        ["Ivy picks 14 flowers and gives 5 to her mom. How many flowers are left?",
-         "Ravi buys 3 books for $7 each. How much does he pay?"],
+        [
+            "Ivy picks 14 flowers and gives 5 to her mom. How many flowers are left?",
+            "Ravi buys 3 books for $7 each. How much does he pay?",
+        ],
     ),
 }
 
@@ -253,15 +300,19 @@ def test_extract_problems(name):
 
 
 def test_extract_problems_drops_fragments_repeats_and_respects_max_n():
-    text = ("1. Tom has 5 apples. How many apples does he have?\n"
-            "2. Too short?\n"
-            "3. This sentence asks nothing and states 4 things.\n"
-            "4. Then find how many are left over in the end?\n"  # a step: no quantity
-            "5. Tom has 5 apples. How many apples does he have?\n"  # a repeat
-            "6. Ana has 9 pears and eats 2. How many pears are left?")
+    text = (
+        "1. Tom has 5 apples. How many apples does he have?\n"
+        "2. Too short?\n"
+        "3. This sentence asks nothing and states 4 things.\n"
+        "4. Then find how many are left over in the end?\n"  # a step: no quantity
+        "5. Tom has 5 apples. How many apples does he have?\n"  # a repeat
+        "6. Ana has 9 pears and eats 2. How many pears are left?"
+    )
     parsed = extract_problems(text)
-    assert parsed.problems == ["Tom has 5 apples. How many apples does he have?",
-                               "Ana has 9 pears and eats 2. How many pears are left?"]
+    assert parsed.problems == [
+        "Tom has 5 apples. How many apples does he have?",
+        "Ana has 9 pears and eats 2. How many pears are left?",
+    ]
     assert parsed.n_dropped == 4
     assert extract_problems(text, max_n=1).problems == parsed.problems[:1]
     assert extract_problems(text, max_n=0).problems == []
@@ -269,9 +320,15 @@ def test_extract_problems_drops_fragments_repeats_and_respects_max_n():
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("", "empty"), ("   ", "empty"), (None, "empty"), (42, "empty"),
-     ("Sure! Here you go.", "no_problems"), ("1.\n2.\n3.", "no_problems"),
-     ("```python\nans = 5\n```", "no_problems")],
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        (None, "empty"),
+        (42, "empty"),
+        ("Sure! Here you go.", "no_problems"),
+        ("1.\n2.\n3.", "no_problems"),
+        ("```python\nans = 5\n```", "no_problems"),
+    ],
 )
 def test_extract_problems_nothing_found(text, reason):
     parsed = extract_problems(text)
@@ -288,11 +345,56 @@ def test_extract_problems_small_model_repetition():
 # ------------------------------------------------------------------------------ fuzz
 
 _FRAGMENTS = [
-    "```", "```python\n", "```py", "ans", " = ", "ans = ", "print(", ")", "(", "def solution():",
-    "\n    return ", "Question:", "Problem 1:", "1.", "2)", "- ", "* ", "**", "Answer:", "?",
-    "\n", "\n\n", "How many apples", " does Tom have", "12", "3.5", "{{n}}", "\x00", "\r\n",
-    "\t", "ñ", "€", "🙂", "#", "####", "\\", "'''", '"""', "lambda", "for i in range(3):",
-    "import os", "return", "break", "yield", "(((((", "]]]]", ":", "=", "==", "+=",
+    "```",
+    "```python\n",
+    "```py",
+    "ans",
+    " = ",
+    "ans = ",
+    "print(",
+    ")",
+    "(",
+    "def solution():",
+    "\n    return ",
+    "Question:",
+    "Problem 1:",
+    "1.",
+    "2)",
+    "- ",
+    "* ",
+    "**",
+    "Answer:",
+    "?",
+    "\n",
+    "\n\n",
+    "How many apples",
+    " does Tom have",
+    "12",
+    "3.5",
+    "{{n}}",
+    "\x00",
+    "\r\n",
+    "\t",
+    "ñ",
+    "€",
+    "🙂",
+    "#",
+    "####",
+    "\\",
+    "'''",
+    '"""',
+    "lambda",
+    "for i in range(3):",
+    "import os",
+    "return",
+    "break",
+    "yield",
+    "(((((",
+    "]]]]",
+    ":",
+    "=",
+    "==",
+    "+=",
 ]
 
 
@@ -303,8 +405,10 @@ def _garbage(rng: random.Random) -> str:
     if kind < 0.7:
         alphabet = string.printable + "ñ€🙂\x00\u2028"
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
-    return "".join(chr(rng.randint(0, 0x10FFFF)) if rng.random() < 0.5 else
-                   rng.choice(_FRAGMENTS) for _ in range(rng.randint(0, 60)))
+    return "".join(
+        chr(rng.randint(0, 0x10FFFF)) if rng.random() < 0.5 else rng.choice(_FRAGMENTS)
+        for _ in range(rng.randint(0, 60))
+    )
 
 
 def test_fuzz_parsers_never_raise():

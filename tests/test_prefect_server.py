@@ -204,8 +204,8 @@ def test_fdd_deploy_command_registers_against_the_server(deployed_runs, tmp_path
     stack = deployed_runs.stack
     cfg = tmp_path / "cli-config.yaml"
     cfg.write_text("orchestration:\n  shard_size: 5\n")
-    cmd = [sys.executable, "-m", "fdd", "deploy", str(cfg), "--pool", POOL,
-           "--name", "from-cli", "--cron", "30 2 * * 1", "--set", "teacher.n_samples=2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "fdd", "deploy", str(cfg), "--pool", POOL, "--name",
+           "from-cli", "--cron", "30 2 * * 1", "--set", "teacher.n_samples=2"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env=stack.client_env(), capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -2,7 +2,8 @@
 
 Against the same server and runs as tests/test_prefect_server.py. The UI is a JavaScript
 app, so `--virtual-time-budget` lets it fetch and render before Chromium dumps the DOM or
-takes the screenshot. With FDD_UPDATE_DOCS_IMG=1 the screenshot is copied to docs/img/prefect-flow-run.png.
+takes the screenshot. With FDD_UPDATE_DOCS_IMG=1 the screenshot is copied to
+docs/img/prefect-flow-run.png.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def _cmdline(pid: int) -> str:
 def _worker_pids() -> set[int]:
     """The sandbox worker (zygote) processes among our descendants (not their `unshare`)."""
     return {
-        p for p in _descendants()
+        p
+        for p in _descendants()
         if "sandbox_worker.py" in _cmdline(p)
         and os.path.basename(_cmdline(p).split(" ")[0]) != "unshare"
     }
@@ -123,11 +124,13 @@ def test_concurrent_callers_never_get_each_others_results(sandbox, no_strays):
 
 
 def test_imports_of_math_and_fractions_work(sandbox):
-    results = sandbox.run_many([
-        "import math\nans = math.sqrt(2) ** 2",
-        "from fractions import Fraction\nans = Fraction(3, 4) + Fraction(1, 4) * 2",
-        "import statistics, decimal\nans = statistics.mean([1, 2, 3]) + decimal.Decimal('0.5')",
-    ])
+    results = sandbox.run_many(
+        [
+            "import math\nans = math.sqrt(2) ** 2",
+            "from fractions import Fraction\nans = Fraction(3, 4) + Fraction(1, 4) * 2",
+            "import statistics, decimal\nans = statistics.mean([1, 2, 3]) + decimal.Decimal('0.5')",
+        ]
+    )
     assert [r.status for r in results] == ["ok"] * 3, results
     assert results[0].answer == pytest.approx(2.0)
     assert results[1].answer == 1.25
@@ -235,8 +238,20 @@ def test_judge_answer_unit():
     assert judge(3) == ("ok", 3.0, "")
     assert judge(Fraction(1, 3))[1] == pytest.approx(1 / 3)
     assert judge(Decimal("2.5"))[:2] == ("ok", 2.5)
-    for bad in (False, "3", [3], (3,), {3: 3}, 3j, float("nan"), float("-inf"), None,
-                Decimal("NaN"), 10 ** 400, object()):
+    for bad in (
+        False,
+        "3",
+        [3],
+        (3,),
+        {3: 3},
+        3j,
+        float("nan"),
+        float("-inf"),
+        None,
+        Decimal("NaN"),
+        10**400,
+        object(),
+    ):
         status, answer, message = judge(bad)
         assert (status, answer) == ("bad_answer", None), bad
         assert "ans" in message
@@ -319,8 +334,10 @@ def test_background_processes_do_not_outlive_their_program(sandbox, no_strays):
 
 
 def test_a_forked_copy_of_the_program_cannot_answer_for_it(sandbox, no_strays):
-    program = "import os, time\npid = os.fork()\nif pid == 0:\n    ans = 2\nelse:\n" \
-              "    time.sleep(0.2)\n    ans = 1"
+    program = (
+        "import os, time\npid = os.fork()\nif pid == 0:\n    ans = 2\nelse:\n"
+        "    time.sleep(0.2)\n    ans = 1"
+    )
     for _ in range(3):
         res = sandbox.run(program)
         assert (res.status, res.answer) == ("ok", 1.0), res
@@ -380,8 +397,10 @@ def test_files_outside_scratch_cannot_be_changed_by_absolute_path(sandbox, tmp_p
     canary = tmp_path / "canary.txt"
     canary.write_text("intact")
     if sandbox.isolation.privilege == "none" and not sandbox.isolation.readonly_fs:
-        pytest.skip("without a mount namespace or a uid of its own, a program may change "
-                    "the caller's files (see module docs)")
+        pytest.skip(
+            "without a mount namespace or a uid of its own, a program may change "
+            "the caller's files (see module docs)"
+        )
     res = sandbox.run(ATTACK.format(target=str(canary)))
     assert res.ok and res.answer == 0, res
     assert canary.read_text() == "intact"
@@ -504,16 +523,18 @@ def test_output_floods_are_capped(sandbox, no_strays):
 
 def test_exit_calls_end_only_the_program(sandbox, no_strays):
     workers = _worker_pids()
-    results = sandbox.run_many([
-        "ans = 3\nimport sys\nsys.exit(0)",
-        "ans = 3\nimport sys\nsys.exit(2)",
-        "ans = 3\nimport os\nos._exit(0)",
-        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nans = 1",
-        "import os, signal\nos.kill(1, signal.SIGKILL)\nans = 1",
-        "import os, signal\nos.kill(-1, signal.SIGKILL)\nans = 1",
-        "import os, signal\nos.killpg(0, signal.SIGKILL)\nans = 1",
-        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
-    ])
+    results = sandbox.run_many(
+        [
+            "ans = 3\nimport sys\nsys.exit(0)",
+            "ans = 3\nimport sys\nsys.exit(2)",
+            "ans = 3\nimport os\nos._exit(0)",
+            "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nans = 1",
+            "import os, signal\nos.kill(1, signal.SIGKILL)\nans = 1",
+            "import os, signal\nos.kill(-1, signal.SIGKILL)\nans = 1",
+            "import os, signal\nos.killpg(0, signal.SIGKILL)\nans = 1",
+            "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+        ]
+    )
     assert (results[0].status, results[0].answer) == ("ok", 3.0)
     assert [r.status for r in results[1:3]] == ["error", "error"]
     assert all(not r.ok or r.answer == 1.0 for r in results[3:]), results

@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 
 from fdd_core.backends.base import Completion, SamplingParams
-from fdd_core.config import LabelingConfig, RoundsConfig, SandboxConfig, SynthesisConfig, TeacherConfig
+from fdd_core.config import (
+    LabelingConfig,
+    RoundsConfig,
+    SandboxConfig,
+    SynthesisConfig,
+    TeacherConfig,
+)
 from fdd_core.sandbox import Sandbox
 from fdd_core.schemas import Example, Problem
 from fdd_core.stages import (
@@ -46,7 +52,9 @@ class ScriptedBackend:
             if self.garbage_every and i % self.garbage_every == 0:
                 out.append([Completion(text="I cannot do that.")] * params.n)
                 continue
-            out.append([Completion(text=answer(self._text(p), params.seed, j)) for j in range(params.n)])
+            out.append(
+                [Completion(text=answer(self._text(p), params.seed, j)) for j in range(params.n)]
+            )
         return out
 
     def close(self):
@@ -109,7 +117,9 @@ def test_rationales_keep_only_verified_distinct_programs(sandbox):
 def test_grading_splits_easy_and_hard(sandbox):
     problems = world(6)
     right = {p.question for p in problems[::2]}
-    rows, stats = grade_problems(problems, StudentDouble(right), RoundsConfig(), sandbox, max_tokens=32)
+    rows, stats = grade_problems(
+        problems, StudentDouble(right), RoundsConfig(), sandbox, max_tokens=32
+    )
     assert [r.easy for r in rows] == [True, False] * 3
     assert stats["easy"] == 3 and stats["hard"] == 3
     easy, hard = split_by_grade(problems, rows)
@@ -135,8 +145,12 @@ def test_sampled_grading_uses_pass_threshold(sandbox):
 def test_synthesis_records_origin_parent_and_round():
     parents = world(3)
     new, stats = synthesize_problems(
-        parents, ["complex", "similar", "complex"], ScriptedBackend(), TeacherConfig(),
-        SynthesisConfig(n_complex=2, n_similar=3), round_index=2,
+        parents,
+        ["complex", "similar", "complex"],
+        ScriptedBackend(),
+        TeacherConfig(),
+        SynthesisConfig(n_complex=2, n_similar=3),
+        round_index=2,
     )
     assert stats["complex_generated"] == 4 and stats["similar_generated"] == 3
     assert len(new) == 7 and stats["generated"] == 7
@@ -144,7 +158,11 @@ def test_synthesis_records_origin_parent_and_round():
     for p in new:
         assert p.answer is None and p.round == 2
         by_parent.setdefault(p.parent_id, set()).add(p.origin)
-    assert by_parent == {parents[0].id: {"complex"}, parents[1].id: {"similar"}, parents[2].id: {"complex"}}
+    assert by_parent == {
+        parents[0].id: {"complex"},
+        parents[1].id: {"similar"},
+        parents[2].id: {"complex"},
+    }
     # complex variations carry one more quantity than their parent
     assert all(len(numbers_in(p.question)) == 3 for p in new if p.origin == "complex")
 
@@ -153,8 +171,11 @@ def test_labelling_votes_and_keeps_agreeing_programs(sandbox):
     problems = [p.model_copy(update={"answer": None}) for p in world(4)]
     teacher = ScriptedBackend(garbage_every=4)
     examples, stats = label_problems(
-        problems, teacher, TeacherConfig(), LabelingConfig(n_programs=4, max_rationales=2,
-                                                           agreement_threshold=0.5), sandbox,
+        problems,
+        teacher,
+        TeacherConfig(),
+        LabelingConfig(n_programs=4, max_rationales=2, agreement_threshold=0.5),
+        sandbox,
     )
     # problem 0 got garbage (no answer); the others: 3 of 4 programs agree on the sum
     assert stats["rejected_no_answer"] == 1 and stats["accepted"] == 3
@@ -162,9 +183,13 @@ def test_labelling_votes_and_keeps_agreeing_programs(sandbox):
     for e in examples:
         assert e.answer == sum(numbers_in(e.question))
     # a threshold above 3/4 rejects them all
-    _, strict = label_problems(problems, teacher, TeacherConfig(),
-                               LabelingConfig(n_programs=4, max_rationales=2, agreement_threshold=0.9),
-                               sandbox)
+    _, strict = label_problems(
+        problems,
+        teacher,
+        TeacherConfig(),
+        LabelingConfig(n_programs=4, max_rationales=2, agreement_threshold=0.9),
+        sandbox,
+    )
     assert strict["accepted"] == 0 and strict["rejected_low_agreement"] == 3
 
 

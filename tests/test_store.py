@@ -219,7 +219,9 @@ def test_process_killed_before_publishing_leaves_only_an_ignored_temporary(tmp_p
         "from fdd_core import store\n"
         "from tests.test_store import D0\n"
         "store.os.rename = lambda src, dst: os._exit(137)\n"
-        "store.write_version(sys.argv[1], D0, parent=None, round=0, config_hash='c', code_version='v')\n"
+        "store.write_version(\n"
+        "    sys.argv[1], D0, parent=None, round=0, config_hash='c', code_version='v'\n"
+        ")\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],

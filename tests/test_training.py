@@ -14,8 +14,8 @@ from fdd_core.schemas import Example, ModelRef, Problem, Rationale
 
 torch = pytest.importorskip("torch")
 
-from fdd_core import training
-from fdd_core.training import (
+from fdd_core import training  # noqa: E402  (needs torch: after the importorskip)
+from fdd_core.training import (  # noqa: E402
     IGNORE_INDEX,
     Encoded,
     collate,
@@ -31,14 +31,26 @@ from fdd_core.training import (
 # Question templates with the program that solves them; numbers vary per example, so a
 # model must read the question (copy its numbers) to reproduce the program.
 TEMPLATES = [
-    ("{n} has {a} apples and buys {b} more. How many apples does {n} have now?",
-     "apples = {a}\nbought = {b}\nans = apples + bought", lambda a, b: a + b),
-    ("{n} had {a} marbles and lost {b} of them. How many marbles are left?",
-     "marbles = {a}\nlost = {b}\nans = marbles - lost", lambda a, b: a - b),
-    ("Each box holds {a} pens. How many pens are in {b} boxes?",
-     "per_box = {a}\nboxes = {b}\nans = per_box * boxes", lambda a, b: a * b),
-    ("{n} shares {a} cookies equally among {b} friends. How many cookies does each get?",
-     "cookies = {a}\nfriends = {b}\nans = cookies / friends", lambda a, b: a / b),
+    (
+        "{n} has {a} apples and buys {b} more. How many apples does {n} have now?",
+        "apples = {a}\nbought = {b}\nans = apples + bought",
+        lambda a, b: a + b,
+    ),
+    (
+        "{n} had {a} marbles and lost {b} of them. How many marbles are left?",
+        "marbles = {a}\nlost = {b}\nans = marbles - lost",
+        lambda a, b: a - b,
+    ),
+    (
+        "Each box holds {a} pens. How many pens are in {b} boxes?",
+        "per_box = {a}\nboxes = {b}\nans = per_box * boxes",
+        lambda a, b: a * b,
+    ),
+    (
+        "{n} shares {a} cookies equally among {b} friends. How many cookies does each get?",
+        "cookies = {a}\nfriends = {b}\nans = cookies / friends",
+        lambda a, b: a / b,
+    ),
 ]
 NAMES = ["Tom", "Ana", "Raj", "Mia"]
 
@@ -52,8 +64,13 @@ def make_examples(n: int, offset: int = 0) -> list[Example]:
         if i % 4 == 3:
             a = b * (3 + i)  # divides evenly
         problem = Problem.create(question.format(n=NAMES[(i // 4) % 4], a=a, b=b), solve(a, b))
-        rationale = Rationale(problem_id=problem.id, program=program.format(a=a, b=b),
-                              answer=solve(a, b), teacher="test", prompt_version="test")
+        rationale = Rationale(
+            problem_id=problem.id,
+            program=program.format(a=a, b=b),
+            answer=solve(a, b),
+            teacher="test",
+            prompt_version="test",
+        )
         out.append(Example.join(problem, rationale))
     return out
 
@@ -77,9 +94,13 @@ def greedy_programs(model, tokenizer, questions, max_new_tokens=48) -> list[str]
     else:
         tokenizer.padding_side = "left"
         enc = tokenizer(prompts, return_tensors="pt", padding=True)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-        out = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out = out[:, enc["input_ids"].shape[1] :]
     return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
@@ -246,13 +267,23 @@ def test_lora_changes_only_adapter_weights(tmp_path, tiny_causal_dir):
         if s.step == s.total_steps:
             trained.update(state(s.model))
 
-    cfg = TrainingConfig(method="lora", lora_r=4, max_steps=4, learning_rate=1e-2,
-                         batch_size=4, lora_target_modules=["q_proj", "v_proj"])
-    ref = train_student(make_examples(8), str(tiny_causal_dir), cfg, tmp_path / "a",
-                        device="cpu", on_step=keep_last)
+    cfg = TrainingConfig(
+        method="lora",
+        lora_r=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        batch_size=4,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+    ref = train_student(
+        make_examples(8), str(tiny_causal_dir), cfg, tmp_path / "a", device="cpu", on_step=keep_last
+    )
     assert ref.adapter and ref.base_model == str(tiny_causal_dir)
-    base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-            for k, v in trained.items() if "lora_" not in k}
+    base = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in trained.items()
+        if "lora_" not in k
+    }
     assert base.keys() == before.keys()
     for name, value in before.items():
         assert torch.equal(base[name], value), f"base weight {name} changed under LoRA"
@@ -269,11 +300,23 @@ def test_lora_changes_only_adapter_weights(tmp_path, tiny_causal_dir):
 def test_same_seed_same_loss_curve_and_weights_other_seed_differs(tmp_path, tiny_causal_dir):
     def run(name, seed):
         snap = {}
-        cfg = TrainingConfig(method="lora", lora_r=4, max_steps=5, batch_size=3, seed=seed,
-                             learning_rate=5e-3, lora_dropout=0.1)
-        train_student(make_examples(9), str(tiny_causal_dir), cfg, tmp_path / name,
-                      device="cpu",
-                      on_step=lambda s: snap.update(state(s.model)) if s.step == 5 else None)
+        cfg = TrainingConfig(
+            method="lora",
+            lora_r=4,
+            max_steps=5,
+            batch_size=3,
+            seed=seed,
+            learning_rate=5e-3,
+            lora_dropout=0.1,
+        )
+        train_student(
+            make_examples(9),
+            str(tiny_causal_dir),
+            cfg,
+            tmp_path / name,
+            device="cpu",
+            on_step=lambda s: snap.update(state(s.model)) if s.step == 5 else None,
+        )
         meta = json.loads((tmp_path / name / "meta.json").read_text())
         return [p[1] for p in meta["loss_history"]["points"]], snap
 
@@ -291,8 +334,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_causal_dir):
 
     def run(name, batch, accum):
         cfg = _full(max_steps=1, batch_size=batch, grad_accum=accum, group_by_length=False)
-        train_student(make_examples(8), str(tiny_causal_dir), cfg, tmp_path / name,
-                      device="cpu", on_step=lambda s: snaps.__setitem__(name, state(s.model)))
+        train_student(
+            make_examples(8),
+            str(tiny_causal_dir),
+            cfg,
+            tmp_path / name,
+            device="cpu",
+            on_step=lambda s: snaps.__setitem__(name, state(s.model)),
+        )
         return json.loads((tmp_path / name / "meta.json").read_text())["final_loss"]
 
     one, accumulated = run("one", 8, 1), run("acc", 2, 4)
@@ -303,18 +352,27 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_causal_dir):
 
 def test_meta_json_says_what_made_the_model(tmp_path, tiny_causal_dir):
     cfg = _full(max_steps=3, batch_size=4)
-    ref = train_student(make_examples(6), str(tiny_causal_dir), cfg, tmp_path / "m",
-                        dataset_version="ds-123", device="cpu")
-    assert ref == ModelRef(path=str(tmp_path / "m"), base_model=str(tiny_causal_dir),
-                           dataset_version="ds-123", adapter=False)
+    ref = train_student(
+        make_examples(6),
+        str(tiny_causal_dir),
+        cfg,
+        tmp_path / "m",
+        dataset_version="ds-123",
+        device="cpu",
+    )
+    assert ref == ModelRef(
+        path=str(tmp_path / "m"),
+        base_model=str(tiny_causal_dir),
+        dataset_version="ds-123",
+        adapter=False,
+    )
     assert read_model_ref(tmp_path / "m") == ref
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["training_config_hash"] == training_config_hash(cfg)
     assert meta["base_path"] == str(tiny_causal_dir) and meta["method"] == "full"
     # 6 examples in batches of 4 and 2: steps 1-2 are epoch one, step 3 starts epoch two.
     assert meta["steps"] == 3 and meta["n_examples"] == 6 and meta["epochs"] == 1.5
-    enc, _ = encode_examples(make_examples(6), load_student(ref)[1], seq2seq=False,
-                             max_seq_len=512)
+    enc, _ = encode_examples(make_examples(6), load_student(ref)[1], seq2seq=False, max_seq_len=512)
     lengths = [e.length for e in enc]
     second = plan_batches(lengths, 4, seed=0, epoch=1, group_by_length=True)
     assert meta["tokens_seen"] == sum(lengths) + sum(lengths[i] for i in second[0])
@@ -334,18 +392,25 @@ def test_a_crash_mid_training_leaves_nothing_that_looks_complete(tmp_path, tiny_
 
     cfg = _full(max_steps=4, batch_size=2)
     with pytest.raises(Boom):
-        train_student(make_examples(6), str(tiny_causal_dir), cfg, tmp_path / "m",
-                      device="cpu", on_step=crash)
+        train_student(
+            make_examples(6), str(tiny_causal_dir), cfg, tmp_path / "m", device="cpu", on_step=crash
+        )
     assert not (tmp_path / "m").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
 
     # A complete earlier model survives a crashed retrain untouched.
-    train_student(make_examples(6), str(tiny_causal_dir), _full(max_steps=1, batch_size=2),
-                  tmp_path / "m", device="cpu")
+    train_student(
+        make_examples(6),
+        str(tiny_causal_dir),
+        _full(max_steps=1, batch_size=2),
+        tmp_path / "m",
+        device="cpu",
+    )
     first = (tmp_path / "m" / "meta.json").read_text()
     with pytest.raises(Boom):
-        train_student(make_examples(6), str(tiny_causal_dir), cfg, tmp_path / "m",
-                      device="cpu", on_step=crash)
+        train_student(
+            make_examples(6), str(tiny_causal_dir), cfg, tmp_path / "m", device="cpu", on_step=crash
+        )
     assert (tmp_path / "m" / "meta.json").read_text() == first
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
@@ -356,15 +421,27 @@ def test_a_crash_while_saving_leaves_no_folder(tmp_path, tiny_causal_dir, monkey
 
     monkeypatch.setattr(training, "_fsync_tree", fail)
     with pytest.raises(OSError, match="disk full"):
-        train_student(make_examples(4), str(tiny_causal_dir), _full(max_steps=1, batch_size=4),
-                      tmp_path / "m", device="cpu")
+        train_student(
+            make_examples(4),
+            str(tiny_causal_dir),
+            _full(max_steps=1, batch_size=4),
+            tmp_path / "m",
+            device="cpu",
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bf16_and_gradient_checkpointing_paths_run_when_asked(tmp_path, tiny_causal_dir):
     # "auto" turns both on only with CUDA; "on" forces them (here on CPU) and meta says so.
-    cfg = TrainingConfig(method="lora", lora_r=4, max_steps=2, batch_size=4, bf16="on",
-                         gradient_checkpointing="on", learning_rate=1e-2)
+    cfg = TrainingConfig(
+        method="lora",
+        lora_r=4,
+        max_steps=2,
+        batch_size=4,
+        bf16="on",
+        gradient_checkpointing="on",
+        learning_rate=1e-2,
+    )
     train_student(make_examples(4), str(tiny_causal_dir), cfg, tmp_path / "m", device="cpu")
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["bf16"] is True and meta["gradient_checkpointing"] is True
@@ -378,8 +455,14 @@ def test_bf16_and_gradient_checkpointing_paths_run_when_asked(tmp_path, tiny_cau
 @pytest.mark.slow
 def test_embedded_model_lora_loss_falls(tmp_path, embedded_model_dir):
     ex = make_examples(4)
-    cfg = TrainingConfig(method="lora", max_steps=6, batch_size=4, learning_rate=1e-3,
-                         warmup_ratio=0.0, lora_dropout=0.0)
+    cfg = TrainingConfig(
+        method="lora",
+        max_steps=6,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        lora_dropout=0.0,
+    )
     ref = train_student(ex, "smollm2-135m-instruct", cfg, tmp_path / "lora", device="cpu")
     assert ref.adapter and ref.base_model == "smollm2-135m-instruct"
     meta = json.loads((tmp_path / "lora" / "meta.json").read_text())
@@ -415,13 +498,35 @@ def test_two_process_data_parallel_equals_gradient_accumulation(tmp_path, tiny_c
     repo = Path(__file__).resolve().parents[1]
     env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tiny_causal_dir), str(tmp_path / "ddp"), "1"],
-        check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tiny_causal_dir),
+            str(tmp_path / "ddp"),
+            "1",
+        ],
+        check=False,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run(
         [sys.executable, str(script), str(tiny_causal_dir), str(tmp_path / "one"), "2"],
-        check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        check=False,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     meta_ddp = json.loads((tmp_path / "ddp" / "meta.json").read_text())
     meta_one = json.loads((tmp_path / "one" / "meta.json").read_text())

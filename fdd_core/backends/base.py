@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, Union, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 ChatMessage = dict[str, str]
-Prompt = Union[str, list[ChatMessage]]
+Prompt: TypeAlias = str | list[ChatMessage]
 
 FinishReason = Literal["stop", "length", "error"]
 
