@@ -137,6 +137,18 @@ class Example(_Frozen):
             prompt_version=rationale.prompt_version,
         )
 
+    def problem(self) -> Problem:
+        """The problem this example was joined from (its labelled answer included)."""
+        return Problem(
+            id=self.problem_id,
+            question=self.question,
+            answer=self.answer,
+            origin=self.origin,
+            parent_id=self.parent_id,
+            round=self.round,
+            source_dataset=self.source_dataset,
+        )
+
 
 class DatasetRef(_Frozen):
     """A reference to an immutable dataset version on disk (what tasks pass around)."""

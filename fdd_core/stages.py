@@ -492,6 +492,17 @@ def benchmark_test_questions(evaluation: EvaluationConfig) -> dict[str, list[str
     return out
 
 
+def grading_pool(originals: Sequence[Problem], examples: Sequence[Example]) -> list[Problem]:
+    """Originals first, then each problem of the dataset once (rounds.grading_pool 'all')."""
+    pool = list(originals)
+    seen = {p.id for p in pool}
+    for e in examples:
+        if e.problem_id not in seen:
+            seen.add(e.problem_id)
+            pool.append(e.problem())
+    return pool
+
+
 def filtering_inputs(examples: Sequence[Example], originals: Sequence[Problem]) -> list[str]:
     """Every question already in the dataset (and the original pool) for dedup."""
     seen: dict[str, None] = {}
@@ -511,6 +522,7 @@ __all__ = [
     "ShardResult",
     "filtering_inputs",
     "grade_problems",
+    "grading_pool",
     "label_problems",
     "merge_examples",
     "merge_stats",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
-from fdd_core.schemas import DatasetRef, Problem
-from fdd_core.stages import ProblemsRef, read_problems, write_problems
+from fdd_core.schemas import DatasetRef
+from fdd_core.stages import ProblemsRef, grading_pool, read_problems, write_problems
 from fdd_core.store import read_examples
 from tasks.common import CACHE_POLICY
 
@@ -22,20 +22,5 @@ def grading_pool_task(
     originals: ProblemsRef, dataset: DatasetRef, run_dir: str, round_index: int, code_version: str
 ) -> ProblemsRef:
     """Originals first, then each labelled problem of the dataset once."""
-    pool = read_problems(originals)
-    seen = {p.id for p in pool}
-    for e in read_examples(dataset):
-        if e.problem_id not in seen:
-            seen.add(e.problem_id)
-            pool.append(
-                Problem(
-                    id=e.problem_id,
-                    question=e.question,
-                    answer=e.answer,
-                    origin=e.origin,
-                    parent_id=e.parent_id,
-                    round=e.round,
-                    source_dataset=e.source_dataset,
-                )
-            )
+    pool = grading_pool(read_problems(originals), read_examples(dataset))
     return write_problems(Path(run_dir) / f"round-{round_index}", "pool", pool)

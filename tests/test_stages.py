@@ -17,10 +17,11 @@ from fdd_core.config import (
     TeacherConfig,
 )
 from fdd_core.sandbox import Sandbox
-from fdd_core.schemas import Example, Problem
+from fdd_core.schemas import Example, Problem, Rationale
 from fdd_core.stages import (
     GradeRow,
     grade_problems,
+    grading_pool,
     label_problems,
     merge_examples,
     read_problems,
@@ -212,3 +213,31 @@ def test_shards_and_problem_files_round_trip(tmp_path):
     rows = [GradeRow(problem_id=p.id, n_correct=1, n_samples=1, easy=True) for p in problems]
     res = save_shard(tmp_path / "s" / "shard-00000.jsonl", rows, {"easy": 5})
     assert res.n_rows == 5 and (tmp_path / "s" / "shard-00000.stats.json").is_file()
+
+
+def test_grading_pool_is_originals_then_each_dataset_problem_once():
+    originals = [Problem.create("Tom has 2 apples and buys 3. How many?", 5.0)]
+    child = Problem.create(
+        "Sara has 4 pens and buys 6. How many?",
+        10.0,
+        origin="similar",
+        parent_id=originals[0].id,
+        round=1,
+        source_dataset="fdd-synth",
+    )
+
+    def example(problem, program):
+        r = Rationale(
+            problem_id=problem.id, program=program, answer=problem.answer, teacher="t",
+            prompt_version="v",
+        )  # fmt: skip
+        return Example.join(problem, r)
+
+    examples = [
+        example(originals[0], "ans = 2 + 3"),  # already in the pool: not added again
+        example(child, "ans = 4 + 6"),
+        example(child, "a = 4\nans = a + 6"),  # a second rationale: one pool entry
+    ]
+    pool = grading_pool(originals, examples)
+    assert pool == [originals[0], child]  # the child comes back with every field it had
+    assert examples[1].problem() == child
