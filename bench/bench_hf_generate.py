@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--batch-size",
         type=int,
         default=64,
-        help="sequences per forward batch (the backend's batch_size: greedy 64 prompts, "
-        "sampled 64 // n prompts)",
+        help="sequences per forward batch, the backend's batch_size (greedy: that many "
+        "prompts; sampled: batch_size // n prompts)",
     )
     ap.add_argument("--baseline-prompts", type=int, default=6)
     ap.add_argument("--dtype", default="auto")
