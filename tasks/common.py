@@ -17,7 +17,9 @@ from pathlib import Path
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.filesystems import RemoteFileSystem
 
-from fdd_core.config import ModelConfig, SandboxConfig, StorageConfig
+from fdd_core.backends.cache import RequestCache
+from fdd_core.config import ModelConfig, SandboxConfig, StorageConfig, TeacherConfig
+from fdd_core.models import default_cache_dir
 from fdd_core.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,14 @@ def close_sandboxes() -> None:
 def get_sandbox(cfg: SandboxConfig) -> Sandbox:
     """One sandbox (warm worker pool) per process and config, reused by every shard."""
     return _sandbox(cfg.model_dump_json())
+
+
+def teacher_request_cache(teacher: TeacherConfig, storage: StorageConfig) -> RequestCache | None:
+    """The on-disk cache of seeded teacher calls, or None when the config turns it off."""
+    if not teacher.request_cache:
+        return None
+    root = Path(storage.cache_dir).expanduser() if storage.cache_dir else default_cache_dir()
+    return RequestCache(root / "requests")
 
 
 def get_model_backend(cfg: ModelConfig, cache_dir: str | None):

@@ -8,8 +8,7 @@ from prefect import task
 
 from fdd_core.config import LabelingConfig, SandboxConfig, StorageConfig, TeacherConfig
 from fdd_core.stages import ProblemsRef, ShardResult, label_problems, read_problems, save_shard
-from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox
-from tasks.rationales import teacher_request_cache
+from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, teacher_request_cache
 
 
 @task(

@@ -6,18 +6,9 @@ from pathlib import Path
 
 from prefect import task
 
-from fdd_core.backends.cache import RequestCache
 from fdd_core.config import SandboxConfig, StorageConfig, TeacherConfig
-from fdd_core.models import default_cache_dir
 from fdd_core.stages import ProblemsRef, ShardResult, read_problems, save_shard, write_rationales
-from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox
-
-
-def teacher_request_cache(teacher: TeacherConfig, storage: StorageConfig) -> RequestCache | None:
-    if not teacher.request_cache:
-        return None
-    root = Path(storage.cache_dir).expanduser() if storage.cache_dir else default_cache_dir()
-    return RequestCache(root / "requests")
+from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, teacher_request_cache
 
 
 @task(

@@ -8,8 +8,7 @@ from prefect import task
 
 from fdd_core.config import StorageConfig, SynthesisConfig, TeacherConfig
 from fdd_core.stages import ProblemsRef, ShardResult, read_problems, save_shard, synthesize_problems
-from tasks.common import CACHE_POLICY, get_model_backend
-from tasks.rationales import teacher_request_cache
+from tasks.common import CACHE_POLICY, get_model_backend, teacher_request_cache
 
 
 @task(
