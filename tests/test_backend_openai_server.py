@@ -1,9 +1,14 @@
 """OpenAIBackend against a real OpenAI-compatible server: llama-cpp-python on the embedded GGUF.
 
-The server runs from its own environment (`make .venv-llama/.fdd-installed`, or
-FDD_LLAMA_PYTHON pointing to an interpreter that has `llama-cpp-python[server]`), as a
-subprocess on 127.0.0.1, started once for this module and always terminated. llama.cpp
-ignores `n`, so the backend's per-sample fallback is exercised for real here.
+The server runs from its own environment (`make .venv-llama/.fdd-installed`, a portable
+build pinned by constraints/llama.txt, or FDD_LLAMA_PYTHON pointing to an interpreter that
+has `llama-cpp-python[server]`), as a subprocess on 127.0.0.1, started once for this module
+and always terminated. llama.cpp ignores `n`, so the backend's per-sample fallback is
+exercised for real here.
+
+When the server process dies (a build that uses instructions this CPU lacks dies with
+SIGILL on its first completion), a test fails with the process's exit signal or code and
+the tail of its log, not only with the client's connection errors.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -71,9 +77,60 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+@dataclass
+class Server:
+    base_url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def death(self) -> str | None:
+        """What happened to the process, with its log's tail; None while it runs."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"llama.cpp server {exit_description(code)}; last lines of its log:\n" + log_tail(
+            self.log_path
+        )
+
+
+def exit_description(code: int) -> str:
+    """'was killed by signal SIGILL (-4)' or 'exited with code 1'."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by signal {name} ({code})"
+    return f"exited with code {code}"
+
+
+def log_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return f"<log unreadable: {exc}>"
+
+
+class WatchedBackend(OpenAIBackend):
+    """The real backend; a failure while the server is dead says how the server died."""
+
+    def __init__(self, server: Server, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._server = server
+
+    def generate(self, *args, **kwargs):
+        try:
+            return super().generate(*args, **kwargs)
+        except Exception as exc:
+            death = self._server.death()
+            if death is not None:
+                raise AssertionError(f"{death}\n(client error: {exc})") from exc
+            raise
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    """Base URL of a running llama.cpp OpenAI-compatible server (stopped after the module)."""
+    """A running llama.cpp OpenAI-compatible server (stopped after the module)."""
     python = _llama_python()
     from fdd_core.models import ModelNotFoundError, embedded_gguf_path
 
@@ -99,29 +156,31 @@ def llama_server(tmp_path_factory):
         proc = subprocess.Popen(
             cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-    base_url = f"http://127.0.0.1:{port}/v1"
+    server = Server(f"http://127.0.0.1:{port}/v1", proc, log_path)
     try:
-        _wait_ready(proc, base_url, log_path)
-        yield base_url
+        _wait_ready(server)
+        yield server
     finally:
         _stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen, base_url: str, log_path: Path) -> None:
+def _wait_ready(server: Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     headers = {"Authorization": f"Bearer {SERVER_KEY}"}
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{tail}")
+        death = server.death()
+        if death is not None:
+            pytest.fail(f"{death}\n(before it answered /v1/models)")
         try:
-            if httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
+            r = httpx.get(f"{server.base_url}/models", headers=headers, timeout=2)
+            if r.status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.3)
-    tail = log_path.read_text(errors="replace")[-2000:]
-    pytest.fail(f"llama.cpp server not ready within {START_TIMEOUT_S:.0f} s:\n{tail}")
+    pytest.fail(
+        f"llama.cpp server not ready within {START_TIMEOUT_S:.0f} s:\n{log_tail(server.log_path)}"
+    )
 
 
 @pytest.fixture
@@ -131,7 +190,7 @@ def backend_factory(llama_server, monkeypatch):
     def make(**kw) -> OpenAIBackend:
         opts = {"api_key_env": KEY_ENV, "max_concurrency": 4, "timeout_s": 120.0}
         opts.update(kw)
-        return OpenAIBackend(llama_server, MODEL_ALIAS, **opts)
+        return WatchedBackend(llama_server, llama_server.base_url, MODEL_ALIAS, **opts)
 
     return make
 
@@ -198,3 +257,15 @@ def test_wrong_key_gets_401_without_the_key_in_the_error(backend_factory, monkey
     assert info.value.status == 401 and info.value.attempts == 1
     assert wrong not in str(info.value) and wrong not in repr(backend)
     assert "FDD_TEST_LLAMA_WRONG_KEY" in str(info.value)
+
+
+def test_server_death_is_reported_with_its_signal_and_log(tmp_path):
+    """The watcher's message names the signal and the log, for a process that really died."""
+    log = tmp_path / "server.log"
+    log.write_text("loading model\nIllegal instruction\n")
+    proc = subprocess.Popen(["sh", "-c", "kill -ILL $$"])
+    proc.wait(timeout=10)
+    message = Server("http://127.0.0.1:9/v1", proc, log).death()
+    assert message is not None
+    assert "killed by signal SIGILL (-4)" in message and "Illegal instruction" in message
+    assert exit_description(3) == "exited with code 3"
