@@ -131,7 +131,9 @@ def test_empty_prompt_list(tiny):
 
 
 def test_malformed_prompt_names_its_index(tiny):
-    with pytest.raises(TypeError, match="prompt 1: a prompt is a string or a list of chat"):
+    with pytest.raises(
+        TypeError, match="prompt 1, message 0: a prompt is a string or a list of chat"
+    ):
         tiny.generate(["ok", [{"role": "user"}]], SamplingParams(max_tokens=1))
 
 

@@ -53,7 +53,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fdd_core.backends.base import Completion, Prompt, SamplingParams, derive_seed
+from fdd_core.backends.base import (
+    BackendBase,
+    Completion,
+    Prompt,
+    SamplingParams,
+    check_prompts,
+    derive_seed,
+)
 from fdd_core.models import ModelNotFoundError, hub_error, resolve_model
 from fdd_core.progress import Progress
 
@@ -705,7 +712,7 @@ def pick_tokens(logits, params: SamplingParams, keys=None) -> Any:
     return token_ids.gather(1, choice).squeeze(1)
 
 
-class HFBackend:
+class HFBackend(BackendBase):
     """Generate with a transformers model in this process (see the module docstring)."""
 
     name = "hf"
@@ -757,6 +764,15 @@ class HFBackend:
     def closed(self) -> bool:
         return self._closed
 
+    def describe(self) -> dict[str, Any]:
+        """Settings worth saving next to results."""
+        return {
+            "backend": self.name,
+            "model": self.model_id,
+            "device": str(self.device),
+            "batch_size": self.batch_size,
+        }
+
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
         for value in (
@@ -775,13 +791,6 @@ class HFBackend:
         """(text, add_special_tokens): chat messages through the chat template, text as is."""
         if isinstance(prompt, str):
             return prompt, True
-        if not isinstance(prompt, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
-        ):
-            raise TypeError(
-                "a prompt is a string or a list of chat messages like "
-                f"{{'role': 'user', 'content': '...'}}; got {str(prompt)[:120]!r}"
-            )
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(
                 prompt, tokenize=False, add_generation_prompt=True
@@ -791,12 +800,8 @@ class HFBackend:
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids per prompt, tokenized in two batched calls (with/without special tokens)."""
-        rendered = []
-        for i, p in enumerate(prompts):
-            try:
-                rendered.append(self.render(p))
-            except TypeError as exc:
-                raise TypeError(f"prompt {i}: {exc}") from exc
+        check_prompts(prompts)
+        rendered = [self.render(p) for p in prompts]
         out: list[list[int]] = [[] for _ in prompts]
         for special in (True, False):
             idx = [i for i, (_, s) in enumerate(rendered) if s is special]
