@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fdd_core.backends import registry
 
@@ -21,8 +28,6 @@ from fdd_core.backends import registry
 from fdd_core.backends.configs import EMBEDDED_MODEL as EMBEDDED_MODEL
 from fdd_core.backends.configs import HFConfig, ModelConfig, OpenAIConfig, VLLMConfig
 from fdd_core.backends.configs import InProcessConfig as InProcessConfig
-
-BENCHMARK_NAMES = ("gsm8k", "svamp", "asdiv", "multiarith", "embedded")
 
 
 class ConfigError(ValueError):
@@ -91,8 +96,10 @@ StudentModels: Any = registry.role_union(StudentConfig)
 class DataSource(Section):
     """One problem source."""
 
-    name: Literal["embedded", "gsm8k", "svamp", "asdiv", "multiarith", "jsonl"] = Field(
-        "embedded", description="Loader to use."
+    name: str = Field(
+        "embedded",
+        description="Loader to use: embedded, gsm8k, svamp, asdiv, multiarith, jsonl (or one "
+        "added with fdd_core.data.register_loader).",
     )
     path: str | None = Field(
         None,
@@ -101,6 +108,16 @@ class DataSource(Section):
     )
     split: Literal["train", "test"] = Field("train", description="Split to read.")
     limit: int | None = Field(None, ge=1, description="Keep only the first N problems.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_loader(cls, value: str) -> str:
+        from fdd_core.data import loader_names  # the loader table lives with the loaders
+
+        names = loader_names()
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(repr(n) for n in names)}")
+        return value
 
     @model_validator(mode="after")
     def _jsonl_needs_path(self) -> DataSource:
@@ -411,6 +428,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {loc}: {_unknown_field_message(parts[-1], parent)}")
             continue
+        if e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         if e["type"] == "literal_error":
             ctx = e.get("ctx", {})
             msg = f"must be one of {ctx.get('expected', '?')}"
