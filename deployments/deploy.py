@@ -16,8 +16,7 @@ Where the code comes from:
 `setup()` prepares a server once: the process work pool, and the `gpu` tag concurrency limit
 that makes tasks tagged "gpu" wait for a free slot (two rounds never share one GPU).
 
-    python -m deployments.deploy configs/cluster.yaml --pool fdd-process --cron "0 3 * * *"
-    fdd deploy configs/cluster.yaml --cron "0 3 * * *"      # the same, through the CLI
+    fdd deploy configs/cluster.yaml --pool fdd-process --cron "0 3 * * *"   # the command line
 """
 
 from __future__ import annotations
@@ -285,18 +284,3 @@ def setup(pool: str = DEFAULT_POOL, gpu_limit: int = DEFAULT_GPU_LIMIT) -> list[
     url = _require_server()
     with _server_errors(url):
         return asyncio.run(asetup(pool, gpu_limit))
-
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-
-    from fdd import deploy_cmd
-
-    parser = argparse.ArgumentParser(prog="python -m deployments.deploy")
-    sub = parser.add_subparsers(dest="command")
-    deploy_cmd.add_parser(sub)
-    argv = sys.argv[1:]
-    if argv and argv[0] not in ("deploy", "setup", "-h", "--help"):
-        argv = ["deploy", *argv]  # `python -m deployments.deploy CONFIG ...` means deploy
-    sys.exit(deploy_cmd.run(parser.parse_args(argv)))

@@ -132,7 +132,8 @@ def _build(args) -> tuple[RunConfig, list[str]]:
         ev.limit = args.limit
     if args.batch_size is not None:
         ev.batch_size = args.batch_size
-        cfg.student.batch_size = args.batch_size
+        if "batch_size" in type(cfg.student).model_fields:  # backends that batch here
+            cfg.student.batch_size = args.batch_size
     if args.device is not None:
         cfg.student.device = args.device
     return cfg, benchmarks

@@ -6,15 +6,22 @@ budget, stop strings; decoding is greedy), how the answer is read ("program": ex
 program, run it in the sandbox, read `ans`) and a version that is bumped on any change, so
 a score always says which definition produced it.
 
-The packaged specs live in fdd_core/benchmarks/*.yaml (gsm8k, svamp, asdiv, multiarith,
-embedded). `load_spec` also accepts a path: a ``.jsonl`` file of ``{question, answer}``
-rows becomes an ad-hoc benchmark with default settings, and a ``.yaml`` file is read as a
-user-written spec.
+The specs are the one list of benchmarks: evaluation, decontamination and preflight all
+resolve a name here (`fdd_core.data.load_benchmark` is `load_spec` + `load_problems`).
+They are found on a search path: the packaged fdd_core/benchmarks/*.yaml (gsm8k, svamp,
+asdiv, multiarith, embedded) first, then every folder in the environment variable
+``FDD_BENCHMARK_PATH`` (os.pathsep-separated), then folders added with
+`add_benchmark_dir`. Adding a benchmark is one ``<name>.yaml`` file in one of them; its
+`loader` names a file format of fdd_core.data (a new format also needs
+`fdd_core.data.register_loader`). `load_spec` also accepts a path: a ``.jsonl`` file of
+``{question, answer}`` rows becomes an ad-hoc benchmark with default settings, and a
+``.yaml`` file is read as a user-written spec.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -25,13 +32,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fdd_core.backends.base import SamplingParams
-from fdd_core.data import LoadResult, load_benchmark
+from fdd_core.data import (
+    DataFormatError,
+    LoadResult,
+    load_jsonl,
+    load_source,
+    loader_names,
+)
 from fdd_core.prompts import STUDENT_PROMPT_VERSION, STUDENT_STOP, student_prompt
 
 __all__ = [
     "PROMPTS",
+    "SEARCH_PATH_ENV",
     "BenchmarkSpec",
     "GenerationSpec",
+    "add_benchmark_dir",
+    "benchmark_dirs",
     "list_specs",
     "load_problems",
     "load_spec",
@@ -57,7 +73,10 @@ class BenchmarkSpec(BaseModel):
 
     name: str = Field(description="Short name; results are filed under it.")
     description: str = ""
-    loader: Literal["gsm8k", "svamp", "asdiv", "multiarith", "embedded", "jsonl"]
+    loader: str = Field(
+        description="File format (a loader of fdd_core.data): gsm8k, svamp, asdiv, "
+        "multiarith, embedded, jsonl, or one added with register_loader."
+    )
     split: Literal["train", "test"] = "test"
     path: str | None = Field(
         None, description="The data file (required for 'jsonl'); None: packaged set or hub."
@@ -77,6 +96,13 @@ class BenchmarkSpec(BaseModel):
             raise ValueError(
                 f"name must be letters, digits, '_', '.', '-' (it names a folder), got {value!r}"
             )
+        return value
+
+    @field_validator("loader")
+    @classmethod
+    def _known_loader(cls, value: str) -> str:
+        if value not in loader_names():
+            raise ValueError(f"unknown loader {value!r}; known: {', '.join(loader_names())}")
         return value
 
     @field_validator("prompt")
@@ -100,15 +126,49 @@ class BenchmarkSpec(BaseModel):
         )
 
 
-def _spec_dir():
-    return resources.files("fdd_core") / "benchmarks"
+SEARCH_PATH_ENV = "FDD_BENCHMARK_PATH"
+_EXTRA_DIRS: list[Path] = []
+
+
+def add_benchmark_dir(folder: str | Path) -> None:
+    """Search `folder` for ``<name>.yaml`` benchmark specs too (after the packaged ones)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"benchmark folder not found: {path}")
+    if path not in _EXTRA_DIRS:
+        _EXTRA_DIRS.append(path)
+
+
+def remove_benchmark_dir(folder: str | Path) -> None:
+    """Undo `add_benchmark_dir` (tests use it)."""
+    path = Path(folder).expanduser()
+    if path in _EXTRA_DIRS:
+        _EXTRA_DIRS.remove(path)
+
+
+def benchmark_dirs() -> list:
+    """The search path, in order: packaged specs, $FDD_BENCHMARK_PATH, added folders."""
+    env = [Path(p).expanduser() for p in os.environ.get(SEARCH_PATH_ENV, "").split(os.pathsep)]
+    return [resources.files("fdd_core") / "benchmarks", *[p for p in env if str(p) != "."]] + [
+        *_EXTRA_DIRS
+    ]
+
+
+def _spec_files() -> dict[str, object]:
+    """name -> spec file; the first folder on the search path that has a name wins."""
+    found: dict[str, object] = {}
+    for folder in benchmark_dirs():
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir(), key=lambda q: q.name):
+            if p.name.endswith(".yaml"):
+                found.setdefault(p.name[: -len(".yaml")], p)
+    return found
 
 
 def list_specs() -> list[str]:
-    """Names of the packaged benchmark specs."""
-    return sorted(
-        p.name[: -len(".yaml")] for p in _spec_dir().iterdir() if p.name.endswith(".yaml")
-    )
+    """Names of every benchmark spec on the search path."""
+    return sorted(_spec_files())
 
 
 def _parse(text: str, source: str) -> BenchmarkSpec:
@@ -129,12 +189,17 @@ def _parse(text: str, source: str) -> BenchmarkSpec:
         raise ValueError(f"{source}: invalid benchmark spec: {problems}") from None
 
 
+def _named(name: str, res) -> BenchmarkSpec:
+    text = res.read_text(encoding="utf-8")
+    return _parsed(name, str(res), text)
+
+
 @functools.cache
-def _packaged(name: str) -> BenchmarkSpec:
-    res = _spec_dir() / f"{name}.yaml"
-    spec = _parse(res.read_text(encoding="utf-8"), f"fdd_core/benchmarks/{name}.yaml")
+def _parsed(name: str, where: str, text: str) -> BenchmarkSpec:
+    shown = f"fdd_core/benchmarks/{name}.yaml" if "fdd_core" in where else where
+    spec = _parse(text, shown)
     if spec.name != name:
-        raise ValueError(f"fdd_core/benchmarks/{name}.yaml: its name is {spec.name!r}")
+        raise ValueError(f"{shown}: its name is {spec.name!r}, the file name says {name!r}")
     return spec
 
 
@@ -152,16 +217,18 @@ def jsonl_spec(path: str | Path) -> BenchmarkSpec:
 def load_spec(name_or_path: str | Path) -> BenchmarkSpec:
     """A packaged spec by name, a user JSONL file (ad-hoc spec) or a user YAML spec file."""
     text = str(name_or_path)
-    if text in list_specs():
-        return _packaged(text)
+    files = _spec_files()
+    if text in files:
+        return _named(text, files[text])
     path = Path(text).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return _parse(path.read_text(encoding="utf-8"), str(path))
     if path.suffix == ".jsonl" or path.is_file():
         return jsonl_spec(path)
-    raise ValueError(
-        f"unknown benchmark {text!r}: expected one of {', '.join(list_specs())}, a .jsonl file "
-        "of {question, answer} rows, or a .yaml benchmark spec"
+    raise DataFormatError(
+        f"unknown benchmark {text!r}: expected one of {', '.join(sorted(files))}, a .jsonl "
+        "file of {question, answer} rows, or a .yaml benchmark spec (add your own specs with "
+        f"${SEARCH_PATH_ENV} or fdd_core.benchmarks.add_benchmark_dir)"
     )
 
 
@@ -171,12 +238,25 @@ def load_problems(
     *,
     limit: int | None = None,
     strict: bool = True,
+    split: Literal["train", "test"] | None = None,
 ) -> LoadResult:
     """The spec's problems: from `path` if given, else the spec's own file, else the
-    packaged set (embedded) or the hub (public benchmarks, needs a network)."""
+    packaged set (embedded) or the hub (public benchmarks, needs a network).
+    `split` overrides the spec's split."""
+    from fdd_core.config import DataSource
+
     source = path or spec.path
     if spec.loader == "jsonl":
         if not source:
             raise ValueError(f"benchmark {spec.name!r} reads a JSONL file but names none")
-        return load_benchmark(str(source), split=spec.split, limit=limit, strict=strict)
-    return load_benchmark(spec.loader, source, split=spec.split, limit=limit, strict=strict)
+        result = load_jsonl(source, strict=strict)
+        if limit is not None and len(result.problems) > limit:
+            result = LoadResult(result.problems[:limit], dict(result.skipped), result.source)
+        return result
+    data_source = DataSource(
+        name=spec.loader,
+        path=str(source) if source else None,
+        split=split or spec.split,
+        limit=limit,
+    )
+    return load_source(data_source, strict=strict)

@@ -10,13 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-BENCHMARK_NAMES = ("gsm8k", "svamp", "asdiv", "multiarith", "embedded")
+from fdd_core.backends import registry
+
+# The per-backend config models, re-exported here (callers import them from fdd_core.config).
+from fdd_core.backends.configs import EMBEDDED_MODEL as EMBEDDED_MODEL
+from fdd_core.backends.configs import HFConfig, ModelConfig, OpenAIConfig, VLLMConfig
+from fdd_core.backends.configs import InProcessConfig as InProcessConfig
 
 
 class ConfigError(ValueError):
@@ -27,67 +38,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(Section):
-    """Where a model comes from and which backend runs it."""
-
-    backend: Literal["hf", "openai", "vllm"] = Field(
-        "hf",
-        description="Inference backend: 'hf' (transformers, in process, CPU or GPU), "
-        "'openai' (any OpenAI-compatible HTTP endpoint, e.g. `vllm serve`), "
-        "'vllm' (in-process vLLM on a GPU worker).",
-    )
-    model: str = Field(
-        EMBEDDED_MODEL,
-        description="Model name: 'smollm2-135m-instruct' (embedded, no network), a local "
-        "checkpoint folder, a hub id (needs a network) or, for 'openai', the served model name.",
-    )
-    adapter: str | None = Field(
-        None, description="Optional LoRA adapter folder applied on top of `model` (hf, vllm)."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Device for in-process backends; 'auto' picks CUDA when present."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; 'auto' is bfloat16 on GPU and float32 on CPU."
-    )
-    batch_size: int = Field(
-        64,
-        ge=1,
-        le=4096,
-        description="Sequences per forward batch (hf): batch_size // n prompts, each with its "
-        "n samples (a prompt's samples are never split). Bounds memory for greedy and sampled "
-        "calls alike.",
-    )
-    base_url: str | None = Field(
-        None,
-        description="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
-        "(openai backend only).",
-    )
-    api_key_env: str = Field(
-        "OPENAI_API_KEY",
-        description="Name of the environment variable holding the API key. The key itself "
-        "never goes in a config file.",
-    )
-    endpoint: Literal["chat", "completions"] = Field(
-        "chat", description="OpenAI API flavour: chat completions or plain completions."
-    )
-    max_concurrency: int = Field(
-        16, ge=1, le=1024, description="Requests in flight at once (openai backend)."
-    )
-    request_timeout_s: float = Field(
-        120.0, gt=0, description="Per-request timeout in seconds (openai backend)."
-    )
-    max_retries: int = Field(
-        6, ge=0, le=50, description="Retries per request on transient errors (openai backend)."
-    )
-    gpu_memory_utilization: float = Field(
-        0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may take (vllm backend)."
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model (vllm backend).")
-
-
 class TeacherConfig(ModelConfig):
-    """The teacher: writes rationales, new problems, and labels them."""
+    """The teacher: writes rationales, new problems, and labels them.
+
+    Abstract: the concrete class adds these fields to its backend's config model
+    (`HFTeacherConfig`, `OpenAITeacherConfig`, ...); `TeacherConfig(...)` builds the one
+    its `backend` names.
+    """
+
+    _abstract: ClassVar[bool] = True
 
     n_samples: int = Field(
         4,
@@ -116,18 +75,31 @@ class TeacherConfig(ModelConfig):
 
 
 class StudentConfig(ModelConfig):
-    """The student: the small model trained each round from `model` (the base checkpoint)."""
+    """The student: the small model trained each round from `model` (the base checkpoint).
+
+    Abstract, like TeacherConfig: `StudentConfig(...)` builds `HFStudentConfig`, ...
+    """
+
+    _abstract: ClassVar[bool] = True
 
     max_tokens: int = Field(
         256, ge=1, le=32768, description="Maximum new tokens when the student writes a program."
     )
 
 
+# The teacher and student fields: a discriminated union (on `backend`) of one config class
+# per registered backend, each with the role's fields on top.
+TeacherModels: Any = registry.role_union(TeacherConfig)
+StudentModels: Any = registry.role_union(StudentConfig)
+
+
 class DataSource(Section):
     """One problem source."""
 
-    name: Literal["embedded", "gsm8k", "svamp", "asdiv", "multiarith", "jsonl"] = Field(
-        "embedded", description="Loader to use."
+    name: str = Field(
+        "embedded",
+        description="Loader to use: embedded, gsm8k, svamp, asdiv, multiarith, jsonl (or one "
+        "added with fdd_core.data.register_loader).",
     )
     path: str | None = Field(
         None,
@@ -136,6 +108,16 @@ class DataSource(Section):
     )
     split: Literal["train", "test"] = Field("train", description="Split to read.")
     limit: int | None = Field(None, ge=1, description="Keep only the first N problems.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_loader(cls, value: str) -> str:
+        from fdd_core.data import loader_names  # the loader table lives with the loaders
+
+        names = loader_names()
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(repr(n) for n in names)}")
+        return value
 
     @model_validator(mode="after")
     def _jsonl_needs_path(self) -> DataSource:
@@ -358,8 +340,14 @@ class StorageConfig(Section):
 class RunConfig(Section):
     """Everything one FDD run needs. `fdd run CONFIG --set a.b=c` builds one."""
 
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
+    teacher: TeacherModels = Field(
+        default_factory=TeacherConfig,
+        description="The teacher model; `backend` picks its config (see fdd_core.backends).",
+    )
+    student: StudentModels = Field(
+        default_factory=StudentConfig,
+        description="The student model; `backend` picks its config (see fdd_core.backends).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
@@ -387,19 +375,41 @@ class RunConfig(Section):
                 f"teacher.n_samples={self.teacher.n_samples} and labeling.n_programs="
                 f"{self.labeling.n_programs} ask for several: set teacher.temperature > 0"
             )
-        for who in ("teacher", "student"):
-            mc: ModelConfig = getattr(self, who)
-            if mc.backend == "openai" and not mc.base_url:
-                raise ValueError(
-                    f"{who}.backend is 'openai' but {who}.base_url is empty: give the "
-                    "server's URL, e.g. http://127.0.0.1:8000/v1"
-                )
         return self
 
     def config_hash(self) -> str:
-        """Stable hash of every setting (used in cache keys and dataset manifests)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable hash of every setting (used in cache keys and dataset manifests).
+
+        The teacher and student enter with every field of the former flat model config
+        (a field their backend does not take at its old default), so the hash, and with it
+        the default run folder name, is what it was before configs were split per backend.
+        """
+        data = self.model_dump(mode="json")
+        for who in ("teacher", "student"):
+            data[who] = {**_FLAT_MODEL_DEFAULTS, **data[who]}
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Every field of the built-in backends' configs at its default: the former flat ModelConfig.
+_FLAT_MODEL_DEFAULTS: dict[str, Any] = {
+    name: field.default
+    for cls in (HFConfig, OpenAIConfig, VLLMConfig)
+    for name, field in cls.model_fields.items()
+    if name != "backend"
+}
+
+
+def rebuild_model_configs() -> None:
+    """Rebuild the run config's teacher and student unions from the backend table
+    (called by `fdd_core.backends.registry.register_backend`)."""
+    global TeacherModels, StudentModels
+    TeacherModels = registry.role_union(TeacherConfig)
+    StudentModels = registry.role_union(StudentConfig)
+    # The field keeps its discriminator (metadata); only the members change.
+    RunConfig.model_fields["teacher"].annotation = registry.role_members(TeacherConfig)
+    RunConfig.model_fields["student"].annotation = registry.role_members(StudentConfig)
+    RunConfig.model_rebuild(force=True)
 
 
 # --------------------------------------------------------------------------- loading
@@ -408,41 +418,89 @@ class RunConfig(Section):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts, parent = _walk_loc(e["loc"])
+        loc = ".".join(parts) or "(top level)"
         value = e.get("input")
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(e["loc"][:-1])
-            msg = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-            lines.append(f"  - {loc}: {msg}")
+            lines.append(f"  - {loc}: {_unknown_field_message(parts[-1], parent)}")
             continue
+        if e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         if e["type"] == "literal_error":
             ctx = e.get("ctx", {})
             msg = f"must be one of {ctx.get('expected', '?')}"
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):  # an unknown backend
+            loc = f"{loc}.backend"
+            shown = repr(value.get("backend")) if isinstance(value, dict) else shown
+            msg = f"must be one of {', '.join(repr(n) for n in registry.backend_names())}"
         lines.append(f"  - {loc} = {shown}: {msg}")
     return "\n".join(lines)
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = RunConfig
-    for part in loc:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes an annotation holds (through Annotated, unions, list, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += _models_in(arg)
+    origin = getattr(annotation, "__origin__", None)  # Annotated[X, ...] keeps X here
+    if origin is not None and not found:
+        found += _models_in(origin)
+    return found
+
+
+def _walk_loc(loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """The user's dotted path for a pydantic error location (list indices kept, the
+    discriminated union's backend tags dropped) and the model holding its last part."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = RunConfig
+    parent: type[BaseModel] | None = RunConfig
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        i += 1
         if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [str(part)]
             continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        elif args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
-            model = args[0]
-        else:
-            return []
-    return sorted(getattr(model, "model_fields", {}))
+        parts.append(str(part))
+        parent = model
+        field = getattr(model, "model_fields", {}).get(part) if model is not None else None
+        members = _models_in(field.annotation) if field is not None else []
+        if len(members) > 1 and i < len(loc):  # a union: the next part is the tag taken
+            tagged = [m for m in members if _backend_default(m) == loc[i]]
+            if tagged:
+                i += 1
+                members = tagged
+        model = members[0] if len(members) == 1 else None
+    return parts, parent
+
+
+def _backend_default(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("backend")
+    return field.default if field is not None else None
+
+
+def _unknown_field_message(name: str, parent: type[BaseModel] | None) -> str:
+    allowed = sorted(getattr(parent, "model_fields", {})) if parent is not None else []
+    if parent is not None and issubclass(parent, ModelConfig):
+        backend = _backend_default(parent)
+        takers = [
+            n for n in registry.backend_names() if name in registry.config_class(n).model_fields
+        ]
+        if takers:
+            which = ", ".join(repr(n) for n in takers)
+            noun = "backend" if len(takers) == 1 else "backends"
+            return (
+                f"{name} applies to {noun} {which}, not to backend {backend!r}; fields for "
+                f"{backend!r} here: {', '.join(allowed)}"
+            )
+        return f"unknown field for backend {backend!r}; allowed here: {', '.join(allowed)}"
+    return "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

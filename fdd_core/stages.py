@@ -35,6 +35,7 @@ from fdd_core.io import atomic_write_json, read_jsonl, write_jsonl
 from fdd_core.parsing import extract_problems, extract_program
 from fdd_core.prompts import (
     PROGRAM_FENCE,
+    STUDENT_STOP,
     complex_messages,
     load_template,
     program_completion_prompt,
@@ -45,7 +46,6 @@ from fdd_core.prompts import (
 from fdd_core.sandbox import Sandbox
 from fdd_core.schemas import Example, ModelRef, Problem, Rationale, content_hash
 
-STUDENT_STOP = ("\nQuestion:",)
 # Few-shot teachers tend to go on with a made-up next "Question:" after their program.
 PROGRAM_STOP = ("\nQuestion:",)
 # Completion-style prompts end inside an open fence: the closing fence ends the program.

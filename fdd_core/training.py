@@ -45,7 +45,7 @@ from typing import Any, Literal
 from fdd_core import __version__ as FDD_VERSION
 from fdd_core.config import ModelConfig, TrainingConfig
 from fdd_core.io import atomic_write_json
-from fdd_core.models import resolve_model
+from fdd_core.models import peft_quietly, resolve_model
 from fdd_core.progress import progress_enabled
 from fdd_core.prompts import STUDENT_PROMPT_VERSION, student_prompt
 from fdd_core.schemas import Example, ModelRef
@@ -200,7 +200,8 @@ def _apply_lora(model: Any, cfg: TrainingConfig, seq2seq: bool) -> Any:
         target_modules=target if target == "all-linear" else list(target),
         task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with peft_quietly():  # peft reads a deprecated transformers property (not our call)
+        return get_peft_model(model, lora)
 
 
 def _flag(value: str, auto: bool) -> bool:
@@ -337,7 +338,9 @@ def train_student(
     use_gc = _flag(cfg.gradient_checkpointing, on_cuda)
     if use_gc:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     if cfg.method == "lora":
         model = _apply_lora(model, cfg, seq2seq)
 
@@ -662,7 +665,8 @@ def load_student(
     if ref.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, ref.path)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, ref.path)
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

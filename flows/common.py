@@ -10,7 +10,8 @@ from typing import Any
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from fdd_core.config import RunConfig
+from fdd_core.backends.registry import backend_spec, device_on_gpu
+from fdd_core.config import ModelConfig, RunConfig
 from fdd_core.stages import shard_bounds
 from tasks.common import GPU_TAG, backoff_delays, result_storage, retry_on_transient
 
@@ -37,20 +38,18 @@ def on_gpu(device: str) -> bool:
     Only such work carries the `gpu` tag: a tagged task asks the server for a concurrency
     slot (a round trip even when no limit exists), which CPU-only runs need not pay.
     """
-    if device == "cpu":
-        return False
-    if device == "cuda":
-        return True
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return device_on_gpu(device)
+
+
+def model_on_gpu(mc: ModelConfig) -> bool:
+    """Whether work with this model holds a GPU here (the backend table's `uses_gpu`):
+    in-process models on a GPU worker do, remote endpoints do not."""
+    return backend_spec(mc).uses_gpu(mc)
 
 
 def teacher_on_gpu(cfg: RunConfig) -> bool:
     """In-process teachers hold a GPU on a GPU worker; remote endpoints do not."""
-    return cfg.teacher.backend != "openai" and on_gpu(cfg.teacher.device)
+    return model_on_gpu(cfg.teacher)
 
 
 def artifact_key(*parts: Any) -> str:

@@ -19,8 +19,8 @@ from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.stages import ProblemsRef, merge_stats
 from fdd_core.store import read_manifest
 from fdd_core.versioning import code_fingerprint
-from flows.common import artifact_key, on_gpu, run_mapped, task_options, teacher_on_gpu
-from tasks.evaluate import benchmark_task
+from flows.common import artifact_key, model_on_gpu, run_mapped, task_options, teacher_on_gpu
+from tasks.benchmark import benchmark_task
 from tasks.filter import filter_candidates
 from tasks.grade import grade_shard, split_easy_hard
 from tasks.grow import grow_dataset
@@ -46,7 +46,7 @@ def fdd_round(
     cv = code_fingerprint()
     shard = cfg.orchestration.shard_size
     gpu_teacher = teacher_on_gpu(cfg)
-    gpu_student = on_gpu(cfg.student.device)
+    gpu_student = model_on_gpu(cfg.student)
     gen_opts = task_options(cfg, run_dir, retry=True, gpu=gpu_teacher)
     plain_opts = task_options(cfg, run_dir)
     common = {
@@ -163,7 +163,14 @@ def fdd_round(
         new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv
     )
     metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
-        model, cfg.student, cfg.evaluation, cfg.sandbox, run_dir, round_index, cv
+        model,
+        cfg.student,
+        cfg.evaluation,
+        cfg.sandbox,
+        run_dir,
+        round_index,
+        cv,
+        cache_dir=cfg.storage.cache_dir,
     )
 
     manifest = read_manifest(new_dataset)

@@ -131,12 +131,14 @@ def test_empty_prompt_list(tiny):
 
 
 def test_malformed_prompt_names_its_index(tiny):
-    with pytest.raises(TypeError, match="prompt 1: a prompt is a string or a list of chat"):
+    with pytest.raises(
+        TypeError, match="prompt 1, message 0: a prompt is a string or a list of chat"
+    ):
         tiny.generate(["ok", [{"role": "user"}]], SamplingParams(max_tokens=1))
 
 
 def test_progress_counts_a_real_generation(tiny_dir, monkeypatch):
-    import fdd_core.backends.hf as hf_mod
+    import fdd_core.backends.hf.backend as hf_mod  # where HFBackend looks Progress up
 
     bars: list[Progress] = []
 
@@ -242,10 +244,10 @@ def test_roomy_cache_matches_dynamic_cache_even_when_it_grows(tiny):
     ids = torch.tensor([tiny.encode(["Tom has 3 apples and 4 pears."])[0]])
     caches = [DynamicCache(config=tiny.model.config), _roomy_cache(tiny.model, 1)]  # room 1
     with torch.inference_mode():
-        outs = [tiny.model(input_ids=ids, past_key_values=c, use_cache=True) for c in caches]
+        outs = [tiny.model(input_ids=ids, cache=c, use_cache=True) for c in caches]
         for _ in range(4):  # the roomy cache outgrows its room and reallocates
             nxt = outs[0].logits[:, -1:].argmax(-1)
-            outs = [tiny.model(input_ids=nxt, past_key_values=c, use_cache=True) for c in caches]
+            outs = [tiny.model(input_ids=nxt, cache=c, use_cache=True) for c in caches]
             assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-5)
     assert caches[1].get_seq_length() == ids.shape[1] + 4
 

@@ -18,8 +18,12 @@ def test_defaults_validate_and_every_field_is_documented():
             ann = field.annotation
             if isinstance(ann, type) and hasattr(ann, "model_fields"):
                 walk(ann, prefix + name + ".")
-            else:
-                assert field.description, f"{prefix}{name} has no description"
+                continue
+            assert field.description, f"{prefix}{name} has no description"
+            for member in getattr(ann, "__args__", ()):  # teacher/student: one per backend
+                cls = getattr(member, "__origin__", member)
+                if isinstance(cls, type) and hasattr(cls, "model_fields"):
+                    walk(cls, f"{prefix}{name}[{cls.__name__}].")
 
     walk(RunConfig)
 
@@ -91,3 +95,65 @@ def test_dump_roundtrip_and_hash_is_stable(tmp_path):
     assert again == cfg
     assert again.config_hash() == cfg.config_hash()
     assert load_config(None).config_hash() != cfg.config_hash()
+
+
+def test_every_shipped_config_loads_unchanged():
+    """configs/*.yaml and the configs inline in deployments/prefect.yaml all validate, and
+    dumping then reloading gives the same config (and the same hash)."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    files = sorted((repo / "configs").glob("*.yaml"))
+    assert files, "no configs/*.yaml found"
+    trees = {str(f): yaml.safe_load(f.read_text()) for f in files}
+    prefect = yaml.safe_load((repo / "deployments" / "prefect.yaml").read_text())
+    for name, tree in prefect["definitions"]["configs"].items():
+        trees[f"prefect.yaml:{name}"] = tree
+    for d in prefect["deployments"]:
+        if "config" in d.get("parameters", {}):
+            trees[f"prefect.yaml:{d['name']}"] = d["parameters"]["config"]
+    assert len(trees) >= 4
+    from fdd_core.config import config_from_dict
+
+    for source, tree in trees.items():
+        cfg = config_from_dict(tree, source=source)
+        again = (
+            load_config(None) if not tree else config_from_dict(yaml.safe_load(dump_config(cfg)))
+        )
+        assert again == cfg and again.config_hash() == cfg.config_hash(), source
+        for who in ("teacher", "student"):  # every key given is kept, none is dropped
+            for key, value in (tree.get(who) or {}).items():
+                assert getattr(getattr(cfg, who), key) == value, f"{source}: {who}.{key}"
+
+
+def test_config_hash_keeps_the_flat_model_config_shape():
+    """The hash sees teacher/student with every field of the former flat ModelConfig, so
+    run folder names derived from it did not change when configs were split per backend."""
+    from fdd_core.config import _FLAT_MODEL_DEFAULTS
+
+    flat = {
+        "model", "adapter", "device", "dtype", "batch_size", "base_url", "api_key_env",
+        "endpoint", "max_concurrency", "request_timeout_s", "max_retries",
+        "gpu_memory_utilization", "tensor_parallel_size",
+    }  # fmt: skip
+    assert set(_FLAT_MODEL_DEFAULTS) == flat
+    a = RunConfig()
+    b = load_config(None, ["teacher.batch_size=8"])
+    assert a.config_hash() != b.config_hash()
+
+
+def test_field_of_another_backend_names_that_backend():
+    with pytest.raises(
+        ConfigError, match="base_url applies to backend 'openai', not to backend 'hf'"
+    ):
+        load_config(None, ["teacher.base_url=http://127.0.0.1:8000/v1"])
+    with pytest.raises(ConfigError, match="device applies to backends 'hf', 'vllm'"):
+        load_config(
+            None, ["student.backend=openai", "student.base_url=http://h/v1", "student.device=cpu"]
+        )
+    cfg = load_config(None, ["teacher.backend=openai", "teacher.base_url=http://h/v1"])
+    assert type(cfg.teacher).__name__ == "OpenAITeacherConfig" and not hasattr(
+        cfg.teacher, "device"
+    )

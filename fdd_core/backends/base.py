@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 ChatMessage = dict[str, str]
 Prompt: TypeAlias = str | list[ChatMessage]
@@ -80,16 +80,89 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the FDD stages see. They never know which backend runs."""
+    """What the FDD stages and tasks see. They never know which backend runs.
+
+    `BackendBase` gives the members a backend need not customise (describe, closed,
+    batch_size, with_batch_size); a backend only has to write `generate` and `close`.
+    """
 
     name: str  # "hf", "openai", "vllm"
     model_id: str  # what is served (used in cache keys and provenance)
+    # Sequences per forward batch for backends that batch in this process, else None.
+    batch_size: int | None
 
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams
     ) -> list[list[Completion]]: ...
 
+    def describe(self) -> dict[str, Any]:
+        """Settings worth saving next to results (never a secret)."""
+        ...
+
+    def with_batch_size(self, batch_size: int) -> Backend:
+        """This backend with another `batch_size` (sharing loaded weights)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
     def close(self) -> None: ...
+
+
+class BackendBase:
+    """Defaults for the `Backend` members most backends do not need to change."""
+
+    name: str = "?"
+    model_id: str = "?"
+    batch_size: int | None = None
+    _closed: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_id}
+
+    def with_batch_size(self, batch_size: int) -> Backend:
+        """Backends that do not batch here ignore the batch size."""
+        return self  # type: ignore[return-value]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class PromptError(ValueError, TypeError):
+    """A prompt that is neither text nor a list of chat messages (a caller's bug).
+
+    A ValueError and a TypeError, so code that caught either from one backend still does.
+    """
+
+
+def check_prompts(prompts: Sequence[Any]) -> None:
+    """The one prompt check every backend runs before it sends or encodes anything.
+
+    A prompt is a string or a non-empty list of ``{'role': str, 'content': str}`` dicts;
+    the error names the prompt's index (and the message's) in the call.
+    """
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            continue
+        if not isinstance(prompt, list) or not prompt:
+            raise PromptError(
+                f"prompt {index}: a prompt is a string or a list of chat messages like "
+                f"{{'role': 'user', 'content': '...'}}; got {prompt!r:.120}"
+            )
+        for j, msg in enumerate(prompt):
+            if not (
+                isinstance(msg, dict)
+                and isinstance(msg.get("role"), str)
+                and isinstance(msg.get("content"), str)
+            ):
+                raise PromptError(
+                    f"prompt {index}, message {j}: a prompt is a string or a list of chat "
+                    f"messages like {{'role': 'user', 'content': '...'}}; got {msg!r:.120}"
+                )
 
 
 def prompt_key(prompt: Prompt) -> str:

@@ -52,11 +52,14 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fdd_core.backends.base import (
+    BackendBase,
     Completion,
     FinishReason,
     GenerationStats,
     Prompt,
+    PromptError,
     SamplingParams,
+    check_prompts,
     derive_seed,
 )
 from fdd_core.backends.retry import (
@@ -216,32 +219,19 @@ def _split_tokens(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _check_prompt(index: int, prompt: Any, endpoint: str) -> None:
-    if isinstance(prompt, str):
+def _check_prompts(prompts: list[Any], endpoint: str) -> None:
+    check_prompts(prompts)  # the check every backend shares
+    if endpoint != "completions":
         return
-    if not isinstance(prompt, list) or not prompt:
-        raise ValueError(
-            f"prompt {index}: expected a string or a non-empty list of chat messages, "
-            f"got {type(prompt).__name__}"
-        )
-    if endpoint == "completions":
-        raise ValueError(
-            f"prompt {index} is a list of chat messages, but endpoint 'completions' takes "
-            "text only: use endpoint 'chat', or render the chat template into a string first"
-        )
-    for j, msg in enumerate(prompt):
-        if not (
-            isinstance(msg, dict)
-            and isinstance(msg.get("role"), str)
-            and isinstance(msg.get("content"), str)
-        ):
-            raise ValueError(
-                f"prompt {index}, message {j}: expected {{'role': str, 'content': str}}, "
-                f"got {msg!r:.200}"
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise PromptError(
+                f"prompt {index} is a list of chat messages, but endpoint 'completions' takes "
+                "text only: use endpoint 'chat', or render the chat template into a string first"
             )
 
 
-class OpenAIBackend:
+class OpenAIBackend(BackendBase):
     """Generate through an OpenAI-compatible server. See the module docstring."""
 
     name = "openai"
@@ -328,8 +318,7 @@ class OpenAIBackend:
         if self._closed:
             raise RuntimeError("OpenAIBackend.generate called after close()")
         prompts = list(prompts)
-        for i, prompt in enumerate(prompts):
-            _check_prompt(i, prompt, self.endpoint)
+        _check_prompts(prompts, self.endpoint)
         if not prompts:
             return []
         try:

@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from fdd_core.backends.base import Completion, FinishReason, Prompt, SamplingParams, derive_seed
+from fdd_core.backends.base import (
+    BackendBase,
+    Completion,
+    FinishReason,
+    Prompt,
+    SamplingParams,
+    check_prompts,
+    derive_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ def _max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above the largest vLLM supports ({_LORA_RANKS[-1]})")
 
 
-class VLLMBackend:
+class VLLMBackend(BackendBase):
     """Generate with an in-process `vllm.LLM`. See the module docstring."""
 
     name = "vllm"
@@ -136,8 +144,7 @@ class VLLMBackend:
         if self._llm is None:
             raise RuntimeError("VLLMBackend.generate called after close()")
         prompts = list(prompts)
-        for i, prompt in enumerate(prompts):
-            _check_prompt(i, prompt)
+        check_prompts(prompts)
         results: list[list[Completion] | None] = [None] * len(prompts)
         text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         chat_idx = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
@@ -169,6 +176,10 @@ class VLLMBackend:
             seed=derive_seed(params.seed, prompt, 0),
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._llm is None
+
     def close(self) -> None:
         """Drop the engine and give its GPU memory back (best effort)."""
         if self._llm is None:
@@ -188,25 +199,6 @@ class VLLMBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_prompt(index: int, prompt: Any) -> None:
-    if isinstance(prompt, str):
-        return
-    if (
-        not isinstance(prompt, list)
-        or not prompt
-        or not all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in prompt
-        )
-    ):
-        raise ValueError(
-            f"prompt {index}: expected a string or a non-empty list of "
-            f"{{'role': str, 'content': str}} messages, got {prompt!r:.200}"
-        )
 
 
 def _completions(output: Any, n: int, index: int) -> list[Completion]:

@@ -1,4 +1,9 @@
-"""Benchmark a student on the configured test sets."""
+"""The benchmark stage: score a round's student on the configured test sets.
+
+One name throughout: module `tasks.benchmark`, Prefect task `benchmark`, function
+`benchmark_task`; the core function is `fdd_core.evaluation.evaluate_model` (shared with
+`fdd eval`).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ def benchmark_task(
     run_dir: str,
     round_index: int,
     code_version: str,
+    cache_dir: str | None = None,
 ) -> dict[str, dict]:
     """Accuracy and breakdown per benchmark ({} when no benchmark is configured)."""
     if not evaluation.benchmarks:
@@ -38,5 +44,6 @@ def benchmark_task(
         sandbox_cfg=sandbox,
         student_cfg=student,
         out_dir=out,
+        cache_dir=cache_dir,  # storage.cache_dir, like every task that loads a model
     )
     return {name: res.summary() for name, res in results.items()}
