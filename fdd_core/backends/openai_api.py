@@ -52,6 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fdd_core.backends.base import (
+    BackendError,
     Completion,
     FinishReason,
     GenerationStats,
@@ -88,22 +89,29 @@ _FINISH_MAP: dict[str, FinishReason] = {
 }
 
 
-class OpenAIBackendError(RuntimeError):
-    """A request that failed for good: a permanent 4xx, or transient errors past max_retries."""
+class OpenAIBackendError(BackendError):
+    """A request that failed for good: a permanent 4xx, or transient errors past max_retries.
+
+    `retryable` (the shared contract of `BackendError`) is False only for a rejected request
+    (a 4xx other than 408/409/429, or a local protocol error); after timeouts, refused or
+    dropped connections, 429 or 5xx it is True, so the task retry may wait for the server.
+    """
 
     def __init__(
-        self, message: str, *, path: str, status: int | None, attempts: int, reason: str
+        self,
+        message: str,
+        *,
+        path: str,
+        status: int | None,
+        attempts: int,
+        reason: str,
+        endpoint: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=reason != "rejected", endpoint=endpoint)
         self.path = path
         self.status = status
         self.attempts = attempts
         self.reason = reason
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the last failure was transient (the retries ran out) or permanent."""
-        return self.reason != "rejected"
 
 
 class _Transient(Exception):
@@ -515,6 +523,7 @@ class OpenAIBackend:
             status=last.status,
             attempts=attempts,
             reason=last.reason,
+            endpoint=public_url(self.url),
         ) from None
 
     async def _post(self, client: httpx.AsyncClient, body: dict) -> Any:
@@ -604,4 +613,5 @@ class OpenAIBackend:
             status=exc.status,
             attempts=attempt,
             reason="rejected",
+            endpoint=public_url(self.url),
         )
