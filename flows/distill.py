@@ -8,11 +8,13 @@ is a cache hit and a killed run continues from its last finished shard.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from fdd_core import runlock
 from fdd_core.config import RunConfig
 from fdd_core.reports import (
     DistillResult,
@@ -52,6 +54,15 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
     cfg = config
     run_path = Path(run_dir).resolve() if run_dir else run_dir_for(cfg)
     run_path.mkdir(parents=True, exist_ok=True)
+    # One run per folder: refuse at once (naming the holder) before touching run.json.
+    lock = runlock.acquire(run_path, command=" ".join(sys.argv)[:300])
+    try:
+        return _distill(cfg, run_path, log)
+    finally:
+        lock.release()
+
+
+def _distill(cfg: RunConfig, run_path: Path, log) -> DistillResult:
     run_name = run_path.name
     rounds: list[RoundResult] = []
     write_run_record(run_path, cfg, status="running", rounds=rounds)
