@@ -95,6 +95,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def exit_after_cancel(code: int) -> None:
+    """Leave now after a cancelled run: stop every child process, then exit without waiting.
+
+    The flow has recorded `cancelled` and stopped its sandbox workers; what is left are
+    task threads still inside a request or a training step (a normal exit would wait for
+    them) and child processes such as a temporary Prefect server.
+    """
+    from fdd_core.procs import stop_descendants
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stop_descendants(grace_s=3.0)
+    os._exit(code)
+
+
 def refuse_if_locked(run_dir: Path) -> None:
     """Fail at once, before Prefect starts, when a live run holds the folder (the flow itself
     takes the lock; this only saves the wait for the server)."""
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             "fdd: interrupted; re-run the same command to continue from the last finished shard",
             file=sys.stderr,
         )
+        if getattr(args, "func", None) is cmd_run:
+            exit_after_cancel(130)
         return 130
 
 

@@ -13,12 +13,21 @@ from prefect.futures import as_completed
 from fdd_core.config import RunConfig
 from fdd_core.stages import shard_bounds
 from fdd_core.tags import GPU_TAG
-from tasks.common import result_storage, retry_on_transient, retry_schedule
+from tasks.common import (
+    CheckedPickleSerializer,
+    result_storage,
+    retry_on_transient,
+    retry_schedule,
+)
 
 
 def task_options(cfg: RunConfig, run_dir: str, *, retry: bool = False, gpu: bool = False) -> dict:
     """Result storage under the run (so re-runs hit the cache), retries for generation."""
-    opts: dict[str, Any] = {"result_storage": result_storage(cfg.storage, run_dir)}
+    opts: dict[str, Any] = {
+        "result_storage": result_storage(cfg.storage, run_dir),
+        # A checksum on every result: an altered file is recomputed, never returned.
+        "result_serializer": CheckedPickleSerializer(),
+    }
     if retry:
         retries, delays = retry_schedule(cfg.orchestration)
         opts.update(

@@ -8,11 +8,15 @@ is a cache hit and a killed run continues from its last finished shard.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 
 from fdd_core import runlock
 from fdd_core.config import RunConfig
@@ -27,6 +31,7 @@ from fdd_core.versioning import code_fingerprint, file_fingerprint
 from flows.common import artifact_key, task_options
 from flows.round import fdd_round
 from flows.runners import make_task_runner
+from tasks.common import check_result_files, close_sandboxes, result_storage
 from tasks.data import load_problems
 
 
@@ -57,9 +62,41 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
     # One run per folder: refuse at once (naming the holder) before touching run.json.
     lock = runlock.acquire(run_path, command=" ".join(sys.argv)[:300])
     try:
-        return _distill(cfg, run_path, log)
+        with _sigterm_as_interrupt():
+            return _distill(cfg, run_path, log)
     finally:
         lock.release()
+
+
+# What stopping a run from outside looks like here: Ctrl-C (KeyboardInterrupt), SIGTERM
+# (turned into KeyboardInterrupt below when nobody else handles it), Prefect's own
+# TerminationSignal (a worker or the UI cancelling a deployment run), or SystemExit.
+CANCELLED = (KeyboardInterrupt, SystemExit, TerminationSignal)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the flow while no other handler is installed.
+
+    Without it SIGTERM kills the process on the spot: no status in run.json, sandbox
+    workers (in sessions of their own) left running. Prefect's runner installs its own
+    handler (TerminationSignal); that one is left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _distill(cfg: RunConfig, run_path: Path, log) -> DistillResult:
@@ -67,6 +104,9 @@ def _distill(cfg: RunConfig, run_path: Path, log) -> DistillResult:
     rounds: list[RoundResult] = []
     write_run_record(run_path, cfg, status="running", rounds=rounds)
     try:
+        store = result_storage(cfg.storage, run_path)
+        if isinstance(store, Path):  # a resumed run: damaged results are recomputed, loudly
+            check_result_files(store, log)
         fingerprint = "|".join(file_fingerprint(s.path) for s in cfg.data.train)
         originals = load_problems.with_options(**task_options(cfg, str(run_path)))(
             cfg.data, str(run_path), fingerprint, code_fingerprint()
@@ -91,6 +131,13 @@ def _distill(cfg: RunConfig, run_path: Path, log) -> DistillResult:
                 log.info("round %d added no example: stopping early", r)
                 stopped_early = r < cfg.rounds.n_rounds
                 break
+    except CANCELLED as exc:
+        # Stopped from outside: say so (not "failed"), stop the sandbox workers now; the
+        # next start of the same config resumes from the finished shards.
+        write_run_record(run_path, cfg, status="cancelled", rounds=rounds, error=repr(exc)[:2000])
+        log.warning("run cancelled (%r); start it again to resume", exc)
+        close_sandboxes()
+        raise
     except BaseException as exc:
         write_run_record(run_path, cfg, status="failed", rounds=rounds, error=repr(exc)[:2000])
         raise

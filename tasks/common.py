@@ -10,12 +10,17 @@ store), so a re-run of the same config hits the cache across processes and machi
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.filesystems import RemoteFileSystem
+from prefect.serializers import PickleSerializer
+from pydantic import Field
 
 from fdd_core.backends.base import is_out_of_memory, retry_verdict
 from fdd_core.backends.cache import RequestCache
@@ -176,6 +181,68 @@ def result_storage(storage: StorageConfig, run_dir: str | Path):
         RemoteFileSystem(basepath=target).save(name, overwrite=True)
         return f"remote-file-system/{name}"
     return Path(target.removeprefix("file://")).expanduser().resolve()
+
+
+_CHECKED_MAGIC = b"fdd-sha256:"
+
+
+class CheckedPickleSerializer(PickleSerializer):
+    """Prefect's pickle serializer plus a SHA-256 of the payload, checked on every read.
+
+    Prefect treats a result file it cannot read as absent and recomputes the task, but a
+    file changed in a way that still unpickles (a flipped bit, a hand edit) would be
+    returned as it is. With the checksum any change is a read error, so it is recomputed.
+    """
+
+    type: str = Field(default="fdd-checked-pickle", frozen=True)
+
+    def dumps(self, obj: Any) -> bytes:
+        payload = super().dumps(obj)
+        return _CHECKED_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+    def loads(self, blob: bytes) -> Any:
+        if not blob.startswith(_CHECKED_MAGIC):
+            raise ValueError("no fdd checksum header: the result was truncated or overwritten")
+        digest, _, payload = blob[len(_CHECKED_MAGIC) :].partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise ValueError("checksum mismatch: the result changed after it was written")
+        return super().loads(payload)
+
+
+def check_result_files(folder: str | Path, logger: Any = None) -> list[Path]:
+    """Move aside every unreadable or altered Prefect result file in `folder`; their paths.
+
+    Prefect would silently recompute a task whose result file is damaged; this makes the
+    damage visible (a warning naming the file) and keeps the bad file as `<name>.corrupt`
+    for inspection, so the task is recomputed from scratch. Only a local folder is scanned.
+    """
+    from prefect._internal.result_records import ResultRecord
+
+    logger = logger or log
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    bad: list[Path] = []
+    for path in sorted(root.iterdir()):
+        if not path.is_file() or path.suffix in (".corrupt", ".tmp", ".lock"):
+            continue
+        try:
+            ResultRecord.deserialize(path.read_bytes())
+        except Exception as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = path
+            logger.warning(
+                "damaged result file %s (%s: %s): moved to %s; its task will be recomputed",
+                path,
+                type(exc).__name__,
+                str(exc)[:200],
+                aside.name,
+            )
+            bad.append(path)
+    return bad
 
 
 @functools.lru_cache(maxsize=8)

@@ -89,6 +89,8 @@ def fdd_env(prefect_home: Path) -> dict:
         PYTHONUNBUFFERED="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(REPO),
+        # The temporary server of each `fdd run` starts slowly on a loaded machine.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
     )
     env.pop("PREFECT_API_URL", None)
     return env

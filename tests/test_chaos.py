@@ -8,6 +8,8 @@ See docs/reliability.md for the guarantees these tests prove.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -124,6 +126,9 @@ def reference(teacher, world, tiny_causal_dir, tmp_path_factory):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     run_dir = folder / "runs" / "reference"
     return {
+        "run_dir": run_dir,
+        "cfg_path": path,
+        "prefect_home": folder / "prefect-home",
         "versions": versions(run_dir),
         "requests": teacher.requests()[before:],
         "elapsed": elapsed,
@@ -177,3 +182,130 @@ def test_teacher_down_and_back_the_run_finishes_by_itself(
     extra = len(sent) - len(reference["requests"])
     assert sorted(set(sent)) == sorted(set(reference["requests"]))
     assert 0 <= extra <= WORKERS * SHARD, (extra, len(sent), len(reference["requests"]))
+
+
+def _stop_and_check(proc, sig, *, group: bool, what: str) -> tuple[float, list[int]]:
+    """Signal the run; it must exit within seconds and leave no child process behind."""
+    from tests.chaos import alive, descendants
+
+    children = descendants(proc.pid)
+    assert children, "expected sandbox workers and a Prefect server below the run"
+    start = time.monotonic()
+    if group:  # Ctrl-C in a terminal signals the foreground process group
+        os.killpg(proc.pid, sig)
+    else:  # `kill PID`, or a scheduler stopping the job
+        proc.send_signal(sig)
+    rc = proc.wait(60)
+    took = time.monotonic() - start
+    assert rc == 130, f"{what}: exit code {rc}"
+    time.sleep(0.5)
+    survivors = [p for p in children if alive(p)]
+    assert survivors == [], f"{what}: child processes survived: {survivors}"
+    return took, children
+
+
+def test_cancel_with_ctrl_c_and_sigterm_records_cancelled_and_resumes(
+    reference, teacher, world, tiny_causal_dir, tmp_path
+):
+    """Chaos 3 (cancellation) and 7 (a second `fdd run` on the same folder is refused)."""
+    cfg = chaos_config(world, teacher.url, tiny_causal_dir, tmp_path / "runs", "cancelled")
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    run_dir = tmp_path / "runs" / "cancelled"
+    env = fdd_env(tmp_path / "prefect-home")
+    record = lambda: json.loads((run_dir / "run.json").read_text())  # noqa: E731
+
+    # 1. Ctrl-C mid round 0; meanwhile a second run of the same folder is refused at once.
+    proc = start_fdd(path, env, log=tmp_path / "run1.log")
+    try:
+        r0 = run_dir / "round-0" / "rationales"
+        wait_for(lambda: r0.is_dir() and any(r0.glob("*.stats.json")), 600, proc, "round 0")
+        second = subprocess.run(
+            fdd_cmd(path), cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 3, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"pid {proc.pid}" in second.stderr and "in use by another run" in second.stderr
+        assert record()["status"] == "running"
+        took, _ = _stop_and_check(proc, signal.SIGINT, group=True, what="Ctrl-C")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert took < 20, f"Ctrl-C took {took:.1f} s"
+    assert record()["status"] == "cancelled"
+    assert not (run_dir / "run.lock").exists()
+
+    # 2. Resume, then SIGTERM (to the main process only) mid round 1.
+    proc = start_fdd(path, env, log=tmp_path / "run2.log")
+    try:
+        r1 = run_dir / "round-1" / "grade"
+        wait_for(lambda: r1.is_dir() and any(r1.iterdir()), 600, proc, "round 1")
+        took, _ = _stop_and_check(proc, signal.SIGTERM, group=False, what="SIGTERM")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert took < 20, f"SIGTERM took {took:.1f} s"
+    rec = record()
+    assert rec["status"] == "cancelled" and len(rec["rounds"]) == 1, rec["status"]
+
+    # 3. The next start resumes and finishes with the undisturbed run's versions.
+    done = subprocess.run(
+        fdd_cmd(path), cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert record()["status"] == "completed"
+    assert versions(run_dir) == reference["versions"]
+
+
+def _shard_result_files(results: Path) -> list[Path]:
+    """Result files of teacher shards (rationales, synthesis, labels)."""
+    from prefect._internal.result_records import ResultRecord
+
+    from fdd_core.stages import ShardResult
+
+    out = []
+    for path in sorted(results.iterdir()):
+        try:
+            value = ResultRecord.deserialize(path.read_bytes()).result
+        except Exception:
+            continue
+        teacher_shard = ("/rationales/", "/label/", "/synth-")
+        if isinstance(value, ShardResult) and any(k in value.path for k in teacher_shard):
+            out.append(path)
+    return out
+
+
+def test_damaged_result_files_are_reported_and_recomputed_on_resume(reference, teacher):
+    """Chaos 6: truncate one Prefect result file and alter another; the re-run says so,
+    recomputes just those tasks, and ends with the same versions. Runs last: it re-runs the
+    reference run folder in place."""
+    import base64
+
+    run_dir = reference["run_dir"]
+    files = _shard_result_files(run_dir / "prefect-results")
+    assert len(files) >= 4
+    truncated, altered = files[0], files[len(files) // 2]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    record = json.loads(altered.read_text())
+    head, payload = record["result"].encode().split(b"\n", 1)
+    raw = bytearray(base64.decodebytes(payload))
+    raw[len(raw) // 2] ^= 0x01
+    record["result"] = (head + b"\n" + base64.encodebytes(bytes(raw))).decode()
+    altered.write_text(json.dumps(record))
+
+    before = len(teacher.requests())
+    done = subprocess.run(
+        fdd_cmd(reference["cfg_path"]),
+        cwd=REPO,
+        env=fdd_env(reference["prefect_home"]),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    for path in (truncated, altered):
+        assert f"damaged result file {path}" in out, out[-4000:]
+        assert (path.parent / (path.name + ".corrupt")).exists()
+    assert versions(run_dir) == reference["versions"]
+    # Only the two damaged shards went back to the teacher.
+    resent = teacher.requests()[before:]
+    assert 0 < len(resent) <= 2 * SHARD, len(resent)
