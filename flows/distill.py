@@ -139,7 +139,8 @@ def _distill(cfg: RunConfig, run_path: Path, log) -> DistillResult:
         close_sandboxes()
         raise
     except BaseException as exc:
-        write_run_record(run_path, cfg, status="failed", rounds=rounds, error=repr(exc)[:2000])
+        error = "\n".join([repr(exc), *getattr(exc, "__notes__", [])])[:4000]
+        write_run_record(run_path, cfg, status="failed", rounds=rounds, error=error)
         raise
     write_run_record(run_path, cfg, status="completed", rounds=rounds)
     write_report(run_path, rounds)

@@ -9,10 +9,12 @@ store), so a re-run of the same config hits the cache across processes and machi
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
 import os
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,42 @@ def result_storage(storage: StorageConfig, run_dir: str | Path):
         RemoteFileSystem(basepath=target).save(name, overwrite=True)
         return f"remote-file-system/{name}"
     return Path(target.removeprefix("file://")).expanduser().resolve()
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free space on the file system holding `path` (or its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def note_disk_full(exc: BaseException, path: str | Path, needed_bytes: int | None) -> bool:
+    """Add a note naming the path and the space needed when `exc` is "no space left"."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return False
+    need = f"about {_size(needed_bytes)}" if needed_bytes else "an unknown amount of space"
+    free = free_bytes(path)
+    exc.add_note(
+        f"disk full while writing {path}: it needs {need}, "
+        f"{_size(free) if free is not None else 'unknown'} free on that file system. "
+        "Nothing half-written was kept; free some space and start the run again (finished "
+        "work is reused)."
+    )
+    return True
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 _CHECKED_MAGIC = b"fdd-sha256:"

@@ -165,3 +165,34 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+class SmallFS:
+    """A tmpfs of a given size mounted at `path` (needs root); resize() frees space."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            import pytest
+
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'})")
+
+    def resize(self, size: str) -> None:
+        subprocess.run(
+            ["mount", "-o", f"remount,size={size}", str(self.path)], check=True, capture_output=True
+        )
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+    def __enter__(self) -> SmallFS:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from fdd_core.config import RunConfig, dump_config
 from tests.chaos import REPO, Teacher, fdd_cmd, fdd_env, start_fdd, versions, wait_for
+from tests.chaos_inject import POINTS
 from tests.servers.scripted_teacher import numbers_in, world_question
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -253,6 +255,100 @@ def test_cancel_with_ctrl_c_and_sigterm_records_cancelled_and_resumes(
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert record()["status"] == "completed"
     assert versions(run_dir) == reference["versions"]
+
+
+def _assert_nothing_half_written_looks_whole(run_dir: Path) -> None:
+    """Every dataset version and student in its final place is complete and intact."""
+    import hashlib
+
+    for folder in sorted((run_dir / "datasets").glob("*")):
+        if folder.name.startswith("."):
+            continue  # a temporary folder: never read as a version
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for name, meta in manifest["files"].items():
+            data = (folder / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == meta["sha256"], folder / name
+    for student in run_dir.glob("round-*/student"):
+        assert (student / "meta.json").is_file(), f"{student} has no completion marker"
+    json.loads((run_dir / "run.json").read_text())  # whole JSON, old or new
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_at_a_point_then_rerun_gives_identical_versions(
+    point, reference, teacher, world, tiny_causal_dir, tmp_path
+):
+    """Chaos 2: SIGKILL (from inside, at an exact point) and a plain re-run."""
+    from tests.chaos import alive, descendants
+
+    cfg = chaos_config(world, teacher.url, tiny_causal_dir, tmp_path / "runs", "killed")
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    run_dir = tmp_path / "runs" / "killed"
+    env = fdd_env(tmp_path / "prefect-home")
+    cmd = [sys.executable, "-m", "tests.chaos_inject", point, *fdd_cmd(path)[3:]]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen: set[int] = set()
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen.update(p for p in descendants(proc.pid) if "sandbox_worker" in _cmdline(p))
+        time.sleep(0.2)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == -signal.SIGKILL, f"rc={proc.returncode}\n{out[-3000:]}"
+    assert f"SIGKILL at {point}" in out
+    time.sleep(1.0)
+    orphans = [p for p in seen if alive(p)]
+    for p in orphans:
+        os.kill(p, signal.SIGKILL)
+    assert orphans == [], f"sandbox workers outlived the killed run: {orphans}"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    _assert_nothing_half_written_looks_whole(run_dir)
+
+    done = subprocess.run(fdd_cmd(path), cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert versions(run_dir) == reference["versions"]
+    _assert_nothing_half_written_looks_whole(run_dir)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_disk_full_fails_clearly_then_resumes_after_space_is_freed(
+    reference, teacher, world, tiny_causal_dir, tmp_path
+):
+    """Chaos 5: the storage root is a 24 MiB tmpfs; round 1's student (16 MiB) does not fit."""
+    from tests.chaos import SmallFS
+
+    with SmallFS(tmp_path / "small", "24m") as fs:
+        cfg = chaos_config(world, teacher.url, tiny_causal_dir, fs.path / "runs", "full")
+        cfg["storage"]["cache_dir"] = str(tmp_path / "cache")
+        path = write_config(tmp_path / "cfg.yaml", cfg)
+        run_dir = fs.path / "runs" / "full"
+        env = fdd_env(tmp_path / "prefect-home")
+        failed = subprocess.run(fdd_cmd(path), cwd=REPO, env=env, capture_output=True, text=True)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode != 0, out[-3000:]
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["status"] == "failed"
+        student = run_dir / "round-1" / "student"
+        assert f"disk full while writing {student}: it needs about" in record["error"], record[
+            "error"
+        ]
+        assert "No space left on device" in out and f"disk full while writing {student}" in out
+        assert not student.exists() and not list(student.parent.glob(".student.tmp-*"))
+        _assert_nothing_half_written_looks_whole(run_dir)
+        assert len(record["rounds"]) == 1  # round 0 is finished and kept
+
+        fs.resize("64m")  # space freed
+        done = subprocess.run(fdd_cmd(path), cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+        assert versions(run_dir) == reference["versions"]
 
 
 def _shard_result_files(results: Path) -> list[Path]:
