@@ -147,7 +147,7 @@ def test_teacher_down_and_back_the_run_finishes_by_itself(
     log = tmp_path / "fdd.log"
     before = len(teacher.requests())
     proc = start_fdd(path, fdd_env(tmp_path / "prefect-home"), log=log)
-    synth = run_dir / "round-1" / "synth-complex"
+    synth = run_dir / "round-1" / "synth-similar"  # the tiny student solves none: no "complex"
     try:
         # Mid-round 1: the first synthesis shard is written, others are in flight.
         wait_for(
