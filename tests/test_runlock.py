@@ -117,25 +117,28 @@ except runlock.RunLockedError:
     print("refused", flush=True)
 else:
     print("won", flush=True)
-    time.sleep(3)
+    sys.stdin.read()  # hold it until every contender has tried
     lock.release()
 """
 
 
 def test_many_processes_breaking_one_stale_lock_leave_exactly_one_winner(tmp_path):
     _foreign_lock(tmp_path, age_s=3600)
-    start_at = time.time() + 3.0
+    start_at = time.time() + 5.0  # all started by then, even on a loaded machine
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RACE, str(tmp_path), str(start_at)],
             cwd=REPO,
             env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(6)
     ]
-    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    outcomes = sorted(p.stdout.readline().strip() for p in procs)
+    for p in procs:
+        p.communicate(timeout=60)
     assert outcomes.count("won") == 1, outcomes
     assert outcomes.count("refused") == 5, outcomes
 
