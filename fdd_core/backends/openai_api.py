@@ -10,8 +10,9 @@ with exponential backoff and full jitter on transient failures:
 
 Any other 4xx fails at once with the server's own message. A request that still fails after
 `max_retries` retries raises `OpenAIBackendError` naming the URL path, the last status or
-failure, and the number of attempts; `backend.stats` counts requests, tokens and retries by
-reason.
+failure, and the number of attempts, with `retryable` (the shared contract of
+`base.BackendError`, read by the task retry condition) True unless the request was rejected;
+`backend.stats` counts requests, tokens and retries by reason.
 
 Endpoints: "chat" posts `messages` to `/chat/completions` (a text prompt becomes one user
 message); "completions" posts `prompt` to `/completions` and rejects chat prompts with a
