@@ -29,11 +29,11 @@ from typing import Any
 from uuid import UUID
 
 from fdd_core.config import ConfigError, RunConfig, load_config
+from fdd_core.tags import GPU_TAG
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DISTILL_ENTRYPOINT = "flows/distill.py:fdd_distill"
 DEFAULT_POOL = "fdd-process"
-GPU_TAG = "gpu"
 DEFAULT_GPU_LIMIT = 1
 DEFAULT_TAGS = ("fdd",)
 DISTILL_FLOW_NAME = "fdd-distill"

@@ -70,6 +70,7 @@ def cmd_run(args) -> int:
 
     run_dir = run_dir_for(cfg)
     print(f"run folder: {run_dir}", flush=True)
+    refuse_if_locked(run_dir)
     start = time.monotonic()
     result = fdd_distill(config=cfg)
     elapsed = time.monotonic() - start
@@ -92,6 +93,29 @@ def cmd_run(args) -> int:
     if cfg.teacher.model == EMBEDDED_MODEL and cfg.teacher.backend == "hf":
         print("\n" + EMBEDDED_NOTE.split(" For real runs")[0])
     return 0
+
+
+def exit_after_cancel(code: int) -> None:
+    """Leave now after a cancelled run: stop every child process, then exit without waiting.
+
+    The flow has recorded `cancelled` and stopped its sandbox workers; what is left are
+    task threads still inside a request or a training step (a normal exit would wait for
+    them) and child processes such as a temporary Prefect server.
+    """
+    from fdd_core.procs import stop_descendants
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stop_descendants(grace_s=3.0)
+    os._exit(code)
+
+
+def refuse_if_locked(run_dir: Path) -> None:
+    """Fail at once, before Prefect starts, when a live run holds the folder (the flow itself
+    takes the lock; this only saves the wait for the server)."""
+    from fdd_core import runlock
+
+    runlock.check(run_dir)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -253,11 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fdd: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from fdd_core.runlock import RunLockedError
+
+        if not isinstance(exc, RunLockedError):
+            raise
+        print(f"fdd: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(
             "fdd: interrupted; re-run the same command to continue from the last finished shard",
             file=sys.stderr,
         )
+        if getattr(args, "func", None) is cmd_run:
+            exit_after_cancel(130)
         return 130
 
 

@@ -314,9 +314,26 @@ class OrchestrationConfig(Section):
     runner_address: str | None = Field(
         None, description="Address of an existing Dask scheduler or Ray cluster (else local)."
     )
-    task_retries: int = Field(3, ge=0, le=20, description="Retries of a failed shard task.")
+    task_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of a shard task after a transient error (at least; more while "
+        "retry_window_s lasts). Permanent errors are never retried.",
+    )
     retry_delay_s: float = Field(
         2.0, ge=0, description="Base delay of the exponential backoff between task retries."
+    )
+    retry_max_delay_s: float = Field(
+        60.0, ge=0, description="Cap on one backoff delay between task retries."
+    )
+    retry_window_s: float = Field(
+        1200.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long a shard keeps retrying a transient error (e.g. a teacher server "
+        "being restarted) after its first failure before the round fails: the backoff delays "
+        "add up to at least this.",
     )
 
 

@@ -146,6 +146,11 @@ def write_version(
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
+            if exc.errno == errno.ENOSPC:
+                exc.add_note(
+                    f"{where}: disk full; the version needs {len(data)} bytes of examples "
+                    f"plus its manifest, {shutil.disk_usage(root).free} bytes are free there"
+                )
             exc.add_note(f"{where}: nothing was published and earlier versions are untouched")
         raise
     return DatasetRef(path=str(final.absolute()), version_id=vid, n_rows=len(examples))

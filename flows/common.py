@@ -13,17 +13,27 @@ from prefect.futures import as_completed
 from fdd_core.backends.registry import backend_spec, device_on_gpu
 from fdd_core.config import ModelConfig, RunConfig
 from fdd_core.stages import shard_bounds
-from tasks.common import GPU_TAG, backoff_delays, result_storage, retry_on_transient
+from fdd_core.tags import GPU_TAG
+from tasks.common import (
+    CheckedPickleSerializer,
+    result_storage,
+    retry_on_transient,
+    retry_schedule,
+)
 
 
 def task_options(cfg: RunConfig, run_dir: str, *, retry: bool = False, gpu: bool = False) -> dict:
     """Result storage under the run (so re-runs hit the cache), retries for generation."""
-    opts: dict[str, Any] = {"result_storage": result_storage(cfg.storage, run_dir)}
+    opts: dict[str, Any] = {
+        "result_storage": result_storage(cfg.storage, run_dir),
+        # A checksum on every result: an altered file is recomputed, never returned.
+        "result_serializer": CheckedPickleSerializer(),
+    }
     if retry:
-        retries = cfg.orchestration.task_retries
+        retries, delays = retry_schedule(cfg.orchestration)
         opts.update(
             retries=retries,
-            retry_delay_seconds=backoff_delays(cfg.orchestration.retry_delay_s, retries),
+            retry_delay_seconds=delays,
             retry_jitter_factor=0.5,
             retry_condition_fn=retry_on_transient,
         )

@@ -8,11 +8,21 @@ is a cache hit and a killed run continues from its last finished shard.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIG_DFL
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 
+from fdd_core import runlock
 from fdd_core.config import RunConfig
 from fdd_core.reports import (
     DistillResult,
@@ -25,6 +35,7 @@ from fdd_core.versioning import code_fingerprint, file_fingerprint
 from flows.common import artifact_key, task_options
 from flows.round import fdd_round
 from flows.runners import make_task_runner
+from tasks.common import check_result_files, close_sandboxes, result_storage
 from tasks.data import load_problems
 
 
@@ -52,10 +63,99 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
     cfg = config
     run_path = Path(run_dir).resolve() if run_dir else run_dir_for(cfg)
     run_path.mkdir(parents=True, exist_ok=True)
+    # One run per folder: refuse at once (naming the holder) before touching run.json.
+    lock = runlock.acquire(run_path, command=" ".join(sys.argv)[:300])
+    state = _RunState(cfg, run_path, lock)
+    try:
+        with _stop_on_signals(state):
+            return _distill(state, log)
+    finally:
+        lock.release()
+
+
+# What stopping a run from outside looks like here: Ctrl-C (KeyboardInterrupt), SIGTERM
+# (turned into KeyboardInterrupt below when nobody else handles it), Prefect's own
+# TerminationSignal (a worker or the UI cancelling a deployment run), or SystemExit.
+CANCELLED = (KeyboardInterrupt, SystemExit, TerminationSignal)
+# After Ctrl-C/SIGTERM the process exits at the latest this long after the signal, even
+# when Prefect is still reporting the crash to an API server that is gone (Ctrl-C in a
+# terminal stops `fdd run`'s temporary server too) or a task thread is mid-step.
+CANCEL_GRACE_S = 10.0
+
+
+@dataclass
+class _RunState:
+    cfg: RunConfig
+    run_path: Path
+    lock: runlock.RunLock
+    rounds: list[RoundResult] = field(default_factory=list)
+    cancelled: str | None = None  # the signal that stopped the run
+
+
+def _record_cancel(state: _RunState, why: str) -> None:
+    write_run_record(
+        state.run_path, state.cfg, status="cancelled", rounds=state.rounds, error=why[:2000]
+    )
+    close_sandboxes()
+
+
+def _hard_stop(state: _RunState) -> None:
+    time.sleep(CANCEL_GRACE_S)
+    from fdd_core.procs import stop_descendants
+
+    print(
+        f"fdd: the run did not stop within {CANCEL_GRACE_S:g} s of {state.cancelled}; "
+        "stopping it now (status: cancelled; start it again to resume)",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop_descendants(grace_s=2.0)
+    state.lock.release()
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(state: _RunState):
+    """Ctrl-C and SIGTERM: record `cancelled`, stop the sandboxes, raise KeyboardInterrupt.
+
+    The status is written in the signal handler itself, so it is on disk before Prefect
+    starts reporting the crash; a watchdog then makes sure the process is gone within
+    CANCEL_GRACE_S. Without this, SIGTERM kills the process on the spot (no status, sandbox
+    workers in sessions of their own left running). Handlers someone else installed (a
+    Prefect runner's SIGTERM bridge, a notebook's SIGINT) are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if state.cancelled is None:
+            state.cancelled = name
+            _record_cancel(state, f"cancelled by {name}")
+            threading.Thread(target=_hard_stop, args=(state,), daemon=True).start()
+        raise KeyboardInterrupt(f"cancelled by {name}")
+
+    installed = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, SIG_DFL)):
+        if signal.getsignal(sig) is default:
+            installed[sig] = default
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, default in installed.items():
+            signal.signal(sig, default)
+
+
+def _distill(state: _RunState, log) -> DistillResult:
+    cfg, run_path, rounds = state.cfg, state.run_path, state.rounds
     run_name = run_path.name
-    rounds: list[RoundResult] = []
     write_run_record(run_path, cfg, status="running", rounds=rounds)
     try:
+        store = result_storage(cfg.storage, run_path)
+        if isinstance(store, Path):  # a resumed run: damaged results are recomputed, loudly
+            check_result_files(store, log)
         fingerprint = "|".join(file_fingerprint(s.path) for s in cfg.data.train)
         originals = load_problems.with_options(**task_options(cfg, str(run_path)))(
             cfg.data, str(run_path), fingerprint, code_fingerprint()
@@ -81,7 +181,16 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
                 stopped_early = r < cfg.rounds.n_rounds
                 break
     except BaseException as exc:
-        write_run_record(run_path, cfg, status="failed", rounds=rounds, error=repr(exc)[:2000])
+        if state.cancelled or isinstance(exc, CANCELLED):
+            # Stopped from outside: say so (not "failed"), stop the sandbox workers now;
+            # the next start of the same config resumes from the finished shards.
+            _record_cancel(
+                state, f"cancelled by {state.cancelled}" if state.cancelled else repr(exc)
+            )
+            log.warning("run cancelled (%r); start it again to resume", exc)
+            raise
+        error = "\n".join([repr(exc), *getattr(exc, "__notes__", [])])[:4000]
+        write_run_record(run_path, cfg, status="failed", rounds=rounds, error=error)
         raise
     write_run_record(run_path, cfg, status="completed", rounds=rounds)
     write_report(run_path, rounds)

@@ -29,7 +29,6 @@ from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox
     task_run_name="grade-r{round_index}-s{shard_index}",
     cache_policy=CACHE_POLICY,
     persist_result=True,
-    retries=3,
 )
 def grade_shard(
     problems: ProblemsRef,

@@ -16,7 +16,6 @@ from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, teacher_r
     task_run_name="rationales-r{round_index}-s{shard_index}",
     cache_policy=CACHE_POLICY,
     persist_result=True,
-    retries=3,
 )
 def rationale_shard(
     problems: ProblemsRef,

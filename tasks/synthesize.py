@@ -16,7 +16,6 @@ from tasks.common import CACHE_POLICY, get_model_backend, teacher_request_cache
     task_run_name="synthesize-{kind}-r{round_index}-s{shard_index}",
     cache_policy=CACHE_POLICY,
     persist_result=True,
-    retries=3,
 )
 def synthesize_shard(
     parents: ProblemsRef,

@@ -10,7 +10,7 @@ from fdd_core.config import StudentConfig, TrainingConfig
 from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.store import read_examples
 from fdd_core.training import train_student
-from tasks.common import CACHE_POLICY
+from tasks.common import CACHE_POLICY, note_disk_full
 
 
 @task(
@@ -32,12 +32,23 @@ def train_student_task(
     if dataset.n_rows == 0:
         return None  # nothing to learn from: the base model stays the student
     out = Path(run_dir) / f"round-{round_index}" / "student"
-    return train_student(
-        read_examples(dataset),
-        student.model,
-        training,
-        out,
-        dataset_version=dataset.version_id,
-        device=student.device,
-        cache_dir=cache_dir,
-    )
+    try:
+        return train_student(
+            read_examples(dataset),
+            student.model,
+            training,
+            out,
+            dataset_version=dataset.version_id,
+            device=student.device,
+            cache_dir=cache_dir,
+        )
+    except OSError as exc:
+        note_disk_full(exc, out, _folder_bytes(Path(student.model)))
+        raise
+
+
+def _folder_bytes(folder: Path) -> int | None:
+    """Size of a local base checkpoint: what a full fine-tune's student takes on disk."""
+    if not folder.is_dir():
+        return None
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

@@ -196,3 +196,58 @@ class GenerationStats:
 
     def add_retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
+
+
+# ---------------------------------------------------------------------- the retry contract
+
+
+class BackendError(RuntimeError):
+    """A backend failure that says whether a retry may cure it.
+
+    `retryable` is the one thing the task retry condition reads (`tasks.common.is_transient`):
+    True for a passing fault that outlasted the backend's own retries (a server restarting,
+    timeouts, 429/5xx), False for one no retry will fix (a rejected request, bad config).
+    `endpoint` names where the backend was talking to (None for in-process backends), so a
+    log line can say what it is waiting for. Subclasses add their own details (HTTP status,
+    attempts, reason) as attributes.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.retryable = bool(retryable)
+        self.endpoint = endpoint
+
+    def __reduce__(self):
+        # Keyword-only arguments do not survive the default exception pickling, and Prefect
+        # pickles a failed task's exception into its result store.
+        return (_rebuild_error, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild_error(cls: type, message: str, state: dict) -> BaseException:
+    err = cls.__new__(cls)
+    RuntimeError.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+def retry_verdict(exc: BaseException) -> bool | None:
+    """What an exception says about retrying: its boolean `retryable`, else None (unknown)."""
+    value = getattr(exc, "retryable", None)
+    return value if isinstance(value, bool) else None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's accelerator out-of-memory error (checked without importing torch).
+
+    Classified as permanent by the task retry condition: a retry runs the same batch on the
+    same device in the same process (which still holds the memoized models), so it would
+    fail the same way after waiting; the error should reach the user, who lowers
+    `batch_size` or `max_tokens` or moves work to a bigger device.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")  # torch was imported if a torch error was raised
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+        getattr(torch, "cuda", None), "OutOfMemoryError", None
+    )
+    return isinstance(oom, type) and isinstance(exc, oom)

@@ -18,7 +18,9 @@ unique temporary file in the same folder and is then renamed over the target wit
 never interleave bytes, the last complete write wins, and a crash mid-write leaves only a
 stray ``.tmp`` file, never a partial entry. A reader that still meets a damaged file (a disk
 full, an OS crash before the data reached the disk, a hand edit) treats it as a miss, and
-the next `put` replaces it. Files are not fsynced by default (an fsync per entry costs more
+the next `put` replaces it; so does one whose completions no longer match the SHA-256
+stored with them (an edit or bit rot that still parses), so a damaged entry is never
+returned as data. Files are not fsynced by default (an fsync per entry costs more
 than the entry); a lost entry only costs one regeneration.
 
 What it does not do: evict (delete the folder to reclaim space), or share entries between
@@ -74,6 +76,11 @@ class CacheStats:
     corrupt: int = 0  # damaged entries met on read (counted as misses too)
 
 
+def _digest(rows: list) -> str:
+    blob = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 def _parse_entry(raw: bytes, key: str) -> list[Completion]:
     """Completions from an entry file; raises ValueError on anything malformed."""
     data = json.loads(raw)
@@ -82,6 +89,9 @@ def _parse_entry(raw: bytes, key: str) -> list[Completion]:
     rows = data.get("completions")
     if not isinstance(rows, list) or not rows:
         raise ValueError("no completions")
+    # Entries written before the checksum existed have none and are trusted as parsed.
+    if "sha256" in data and data["sha256"] != _digest(rows):
+        raise ValueError("checksum mismatch: the entry changed after it was written")
     out = []
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
@@ -146,10 +156,12 @@ class RequestCache:
     def put(self, key: str, completions: list[Completion], *, meta: dict | None = None) -> None:
         """Store `completions` under `key`, atomically replacing any previous entry."""
         path = self.path(key)
+        rows = [asdict(c) for c in completions]
         entry = {
             "format": CACHE_FORMAT,
             "key": key,
-            "completions": [asdict(c) for c in completions],
+            "completions": rows,
+            "sha256": _digest(rows),
             "meta": meta or {},
         }
         data = json.dumps(entry, ensure_ascii=False).encode("utf-8")

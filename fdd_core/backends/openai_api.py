@@ -10,8 +10,9 @@ with exponential backoff and full jitter on transient failures:
 
 Any other 4xx fails at once with the server's own message. A request that still fails after
 `max_retries` retries raises `OpenAIBackendError` naming the URL path, the last status or
-failure, and the number of attempts; `backend.stats` counts requests, tokens and retries by
-reason.
+failure, and the number of attempts, with `retryable` (the shared contract of
+`base.BackendError`, read by the task retry condition) True unless the request was rejected;
+`backend.stats` counts requests, tokens and retries by reason.
 
 Endpoints: "chat" posts `messages` to `/chat/completions` (a text prompt becomes one user
 message); "completions" posts `prompt` to `/completions` and rejects chat prompts with a
@@ -53,6 +54,7 @@ import httpx
 
 from fdd_core.backends.base import (
     BackendBase,
+    BackendError,
     Completion,
     FinishReason,
     GenerationStats,
@@ -91,22 +93,29 @@ _FINISH_MAP: dict[str, FinishReason] = {
 }
 
 
-class OpenAIBackendError(RuntimeError):
-    """A request that failed for good: a permanent 4xx, or transient errors past max_retries."""
+class OpenAIBackendError(BackendError):
+    """A request that failed for good: a permanent 4xx, or transient errors past max_retries.
+
+    `retryable` (the shared contract of `BackendError`) is False only for a rejected request
+    (a 4xx other than 408/409/429, or a local protocol error); after timeouts, refused or
+    dropped connections, 429 or 5xx it is True, so the task retry may wait for the server.
+    """
 
     def __init__(
-        self, message: str, *, path: str, status: int | None, attempts: int, reason: str
+        self,
+        message: str,
+        *,
+        path: str,
+        status: int | None,
+        attempts: int,
+        reason: str,
+        endpoint: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=reason != "rejected", endpoint=endpoint)
         self.path = path
         self.status = status
         self.attempts = attempts
         self.reason = reason
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the last failure was transient (the retries ran out) or permanent."""
-        return self.reason != "rejected"
 
 
 class _Transient(Exception):
@@ -504,6 +513,7 @@ class OpenAIBackend(BackendBase):
             status=last.status,
             attempts=attempts,
             reason=last.reason,
+            endpoint=public_url(self.url),
         ) from None
 
     async def _post(self, client: httpx.AsyncClient, body: dict) -> Any:
@@ -593,4 +603,5 @@ class OpenAIBackend(BackendBase):
             status=exc.status,
             attempts=attempt,
             reason="rejected",
+            endpoint=public_url(self.url),
         )

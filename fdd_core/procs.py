@@ -1,0 +1,68 @@
+"""Child processes of this process, found and stopped without a process-group assumption.
+
+Sandbox workers run in sessions of their own (so a program cannot signal the run), and a
+temporary Prefect server is a child too: neither gets the terminal's Ctrl-C, and neither is
+stopped by `os._exit`. `stop_descendants` finds every live process below this one through
+/proc and stops it: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Live processes below `pid` (default: this process), parents before children."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:  # no /proc (not Linux): nothing found
+        return []
+    for entry in entries:
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def stop_descendants(grace_s: float = 3.0) -> list[int]:
+    """SIGTERM every descendant, SIGKILL the ones still alive after `grace_s`; their pids."""
+    pids = descendants()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids + descendants():  # and anything started meanwhile
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
