@@ -384,7 +384,7 @@ def _clamped_limits(cfg: dict) -> list[tuple[int, tuple[int, int]]]:
 # --------------------------------------------------------------------------- child side
 
 
-def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -> None:
+def _child(program, source, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -> None:
     """Runs in the forked child; never returns (the caller `os._exit`s on any escape)."""
     os.setsid()  # own session and process group: the group is what a timeout kills
     if plan.pdeathsig:  # without a pid namespace: die with the worker, whatever kills it
@@ -404,7 +404,7 @@ def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -
     # `random` reseeds itself from the OS in every forked child (os.register_at_fork), so
     # each program gets a fresh seed, as a fresh interpreter would, at no cost here.
     me = os.getpid()
-    status, answer, detail = execute(program)
+    status, answer, detail = execute(program, source)
     if os.getpid() != me:  # a copy the program forked: only the program's own verdict counts
         os._exit(0)
     if status != "ok":  # output is reported only for failures: flushing costs page copies
@@ -417,7 +417,7 @@ def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -
     os._exit(0)
 
 
-def execute(program) -> tuple[str, float | None, str]:
+def execute(program, source: str = "") -> tuple[str, float | None, str]:
     """Run a compiled program in fresh globals and judge its `ans`: (status, answer, message)."""
     # Address space given back on MemoryError so there is room to report it. An anonymous
     # mmap touches no page (bytearray(n) would zero-fill 256 of them).
@@ -433,6 +433,7 @@ def execute(program) -> tuple[str, float | None, str]:
         if exc.code not in (None, 0):
             return "error", None, f"the program called sys.exit({_short_repr(exc.code)})"
     except BaseException as exc:
+        _quotable(source)
         return "error", None, _format_error(exc)
     if "ans" not in scope:
         return "no_answer", None, "the program did not set a variable `ans`"
@@ -443,15 +444,20 @@ def execute(program) -> tuple[str, float | None, str]:
         scope.clear()
         return "memory", None, "MemoryError while reading `ans`"
     except BaseException as exc:
+        _quotable(source)
         return "bad_answer", None, f"`ans` could not be read: {_format_error(exc)}"
 
 
 def compile_program(code: str):
     """Compile in the worker, before the fork: compiling runs none of the program's code (a
-    str source needs no codec), and a child that only executes touches far fewer pages.
-    The source is kept in linecache so that tracebacks can quote it."""
-    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
+    str source needs no codec), and a child that only executes touches far fewer pages."""
     return compile(code, "<program>", "exec", dont_inherit=True)
+
+
+def _quotable(source: str) -> None:
+    """Put the source in linecache so that a traceback can quote it (only on failure, in
+    the child: the worker then allocates nothing for it)."""
+    linecache.cache["<program>"] = (len(source), None, source.splitlines(True), "<program>")
 
 
 def judge_answer(value) -> tuple[str, float | None, str]:
@@ -531,7 +537,7 @@ class Worker:
         pid = os.fork()
         if pid == 0:  # child: never return into the worker's loop
             try:
-                _child(program, scratch, out_w, verdict_w, self.plan)
+                _child(program, code, scratch, out_w, verdict_w, self.plan)
             finally:
                 os._exit(CHILD_SETUP_FAILED)
         os.close(out_w)
