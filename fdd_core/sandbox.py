@@ -536,11 +536,25 @@ class _Run:
         return jobs
 
     def drive(self, slots: list[int]) -> None:
-        lanes = []
+        lanes: list[_Lane] = []
+        try:
+            self._drive(slots, lanes)
+        except BaseException:
+            # Interrupted (say Ctrl-C): a worker with programs still queued would answer
+            # them to the next run_many; stop it, its slot gets a fresh one when next used.
+            for lane in lanes:
+                if lane.pending or lane.out:
+                    self.sb._retire(lane.slot, lane.worker)
+            raise
+
+    def _drive(self, slots: list[int], lanes: list[_Lane]) -> None:
         for slot in slots:
             lane = self._lane(slot, self.sb._workers[slot])
             if lane is not None:
                 lanes.append(lane)
+        if not lanes:
+            self._fail_rest(self._gone)
+            return
         poller = select.poll()
         while True:
             for lane in lanes:

@@ -641,3 +641,20 @@ def test_a_slow_or_crashing_program_in_a_batch_harms_no_other(solo, no_strays):
     for i, res in enumerate(results):
         if i not in (5, 12):
             assert (res.status, res.answer) == ("ok", float(i)), (i, res)
+
+
+def test_when_no_worker_can_be_restarted_every_program_fails_with_the_reason(monkeypatch):
+    others = _worker_pids()
+    with Sandbox(CFG.model_copy(update={"max_workers": 1})) as sb:
+        sb.run("ans = 0")
+        [worker] = _worker_pids() - others
+
+        def refuse(index):
+            raise RuntimeError("no more processes today")
+
+        monkeypatch.setattr(sb, "_spawn", refuse)
+        os.kill(worker, 9)
+        results = sb.run_many(["import time\ntime.sleep(0.5)\nans = 1", "ans = 2", "ans = 3"])
+        assert [r.status for r in results] == ["error"] * 3, results
+        assert "worker died" in results[0].stderr or "could not" in results[0].stderr
+        assert all("no more processes today" in r.stderr for r in results[1:]), results
