@@ -12,10 +12,13 @@ compiles the source, then forks a child that starts a new session, closes every 
 file descriptor, sets rlimits, enters a fresh scratch folder, drops privileges, runs the
 code in fresh globals and writes a small verdict back over a pipe. The worker enforces the
 wall clock and kills what is left. A worker that dies (or stops answering) is noticed,
-killed and restarted; only the program it was running is marked `error`. Each caller
-thread keeps two requests in flight per worker, so a worker never waits for the caller.
-A program costs about 2 ms of CPU in all (worker, child and caller): see
-bench/bench_sandbox.py.
+killed and restarted; only the program it was running is marked `error`. The calling
+thread drives all its workers from one poll loop: programs go several to a request frame
+(`BATCH`, marshalled), each worker keeps up to `QUEUED` of them, so it never waits for the
+caller, and the caller reads replies a few at a time. A program costs about 3 ms of CPU in
+all on the 2-core development machine, over half of it the kernel forking, copying on write
+and tearing down one Python process per program (bench/profile_sandbox.py; numbers in
+docs/BENCHMARKS.md).
 
 What it protects against (each has a hostile test in tests/test_sandbox.py):
 - endless loops and sleeps: a wall-clock timeout, after which the program's process group
@@ -25,7 +28,9 @@ What it protects against (each has a hostile test in tests/test_sandbox.py):
   runs as `nobody` when the sandbox runs as root; the kernel ignores it for root itself),
   and, with a pid namespace, every process the program started is killed and reaped
   (setsid() does not help it escape) before the worker takes the next program.
-- files: the child runs in a scratch folder removed afterwards, with RLIMIT_FSIZE
+- files: the child runs in a scratch folder of its own, removed afterwards (a fresh one
+  per program, not one reused after a wipe: on a reused folder a program could leave
+  timestamps or extended attributes for the next to read), with RLIMIT_FSIZE
   (`FILE_SIZE_MB`) and RLIMIT_NOFILE. A file at a known absolute path is protected by
   something real, not by obscurity: with a mount namespace the whole file system is
   remounted read-only and nosuid (mount_setattr, recursively) *in that namespace only*;
