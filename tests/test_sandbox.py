@@ -658,3 +658,36 @@ def test_when_no_worker_can_be_restarted_every_program_fails_with_the_reason(mon
         assert [r.status for r in results] == ["error"] * 3, results
         assert "worker died" in results[0].stderr or "could not" in results[0].stderr
         assert all("no more processes today" in r.stderr for r in results[1:]), results
+
+
+def test_without_namespaces_the_fallback_still_isolates_what_it_promises(monkeypatch):
+    """Level 3 (no usable `unshare`), forced here: limits, timeout with a process-group
+    kill, a scratch folder per program and a clean environment still hold."""
+    import fdd_core.sandbox as sandbox_module
+
+    privilege = "nobody" if os.geteuid() == 0 else "none"
+    monkeypatch.setattr(sandbox_module, "_launcher", lambda _net: ((), "none", privilege))
+    before = _descendants()
+    with Sandbox(CFG.model_copy(update={"max_workers": 1})) as sb:
+        assert not sb.isolation.pid_namespace and not sb.isolation.readonly_fs
+        results = sb.run_many(
+            [
+                "ans = 6 * 7",
+                "while True:\n    pass",
+                "import subprocess\nsubprocess.Popen(['sleep', '30'])\nans = 1",
+                "import os\nopen('f', 'w').write('x')\nans = len(os.listdir('.'))",
+                "import os\nans = len(os.listdir('.'))",
+                "import resource as r\nans = r.getrlimit(r.RLIMIT_NOFILE)[1]",
+                "x = bytearray(10 ** 11)\nans = 1",
+            ]
+        )
+    assert [(r.status, r.answer) for r in results] == [
+        ("ok", 42.0),
+        ("timeout", None),
+        ("ok", 1.0),
+        ("ok", 1.0),
+        ("ok", 0.0),
+        ("ok", 64.0),
+        ("memory", None),
+    ], results
+    assert _descendants() <= before  # the background `sleep` went with its process group
