@@ -33,7 +33,11 @@ Speed: a child costs about as much as the pages it touches (each first write to 
 shared with the worker is a copy-on-write fault, a few microseconds). So everything a child
 needs is prepared once in the worker (`ChildPlan`: limits, ctypes calls, the environment),
 the program is compiled before the fork (compiling in the child cost ~200 faults), and the
-child does little more than system calls and the program itself: ~190 faults, ~1 ms.
+child does little more than system calls and the program itself: ~210 minor faults for a
+short program, ~110 of them the fork and exit of any process with this worker's imports.
+The worker pays too: a fork copies the page table of its ~8 MB of anonymous memory and
+write-protects it, so each page it writes afterwards faults again (~160 per program).
+python -m bench.profile_sandbox shows where the CPU goes.
 """
 
 from __future__ import annotations
