@@ -1,6 +1,6 @@
 """Benchmark of fdd_core.sandbox against one plain `python -c` subprocess per program.
 
-    python -m bench.bench_sandbox [--n 1000] [--baseline-n 60] [--workers N]
+    python -m bench.bench_sandbox [--n 1000] [--baseline-n 60] [--workers N] [--out PATH]
 
 Programs are short, correct Program-of-Thought rationales (a few assignments, some import
 math or fractions) with known answers; every answer is checked. The sandbox runs all `--n`
@@ -9,10 +9,11 @@ and the namespaces `Sandbox.isolation` reports). The baseline runs `--baseline-n
 programs, one `python -c` subprocess each, one after another (the usual way, and the figure
 of ~28/s in docs/ENVIRONMENT.md), and again two at a time per core as a fairer parallel
 reference. Besides wall-clock rates it reports CPU time per program (the caller plus every
-worker and child), which moves less than wall time when the machine is shared.
+worker and child, and each of the three apart), which moves less than wall time when the
+machine is shared. `python -m bench.profile_sandbox` breaks that CPU down further.
 
-Writes bench/results/sandbox.json and prints a markdown table. Run on an idle machine:
-ratios are stable, absolute numbers are not (the load average is recorded).
+Writes bench/results/sandbox.json (or `--out`) and prints a markdown table. Run on an idle
+machine: ratios are stable, absolute numbers are not (the load average is recorded).
 """
 
 from __future__ import annotations
@@ -75,13 +76,21 @@ def _cpu_self_and_children() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU of a process plus its reaped children, from /proc (0.0 when unavailable)."""
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """CPU of a process itself and of its reaped children, from /proc (0.0 if unknown)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _cpu_split(procs: list[int]) -> tuple[float, float, float]:
+    """(this process, the workers, their children): the workers' `unshare` parents idle."""
+    t = os.times()
+    own = [_proc_cpu(p) for p in procs]
+    return t.user + t.system, sum(o for o, _ in own), sum(c for _, c in own)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -105,12 +114,15 @@ def bench_sandbox(programs, workers: int | None) -> dict:
     startup_s = time.perf_counter() - start
     sandbox.run_many([p for p, _ in programs[:20]])  # warm-up
     procs = _descendants(os.getpid())
-    cpu0 = _cpu_self_and_children() + sum(_proc_cpu(p) for p in procs)
+    cpu0 = _cpu_split(procs)
     start = time.perf_counter()
     results = sandbox.run_many([p for p, _ in programs])
     wall = time.perf_counter() - start
-    cpu1 = _cpu_self_and_children() + sum(_proc_cpu(p) for p in procs)
+    cpu1 = _cpu_split(procs)
     sandbox.close()
+    caller, workers, children = (
+        (b - a) / len(programs) * 1000 for a, b in zip(cpu0, cpu1, strict=True)
+    )
     wrong = [
         i
         for i, ((_, want), r) in enumerate(zip(programs, results, strict=True))
@@ -126,7 +138,10 @@ def bench_sandbox(programs, workers: int | None) -> dict:
         "programs": len(programs),
         "seconds": wall,
         "programs_per_s": len(programs) / wall,
-        "cpu_ms_per_program": (cpu1 - cpu0) / len(programs) * 1000,
+        "cpu_ms_per_program": caller + workers + children,
+        "cpu_ms_per_program_caller": caller,
+        "cpu_ms_per_program_workers": workers,
+        "cpu_ms_per_program_children": children,
         "startup_s": startup_s,
         "isolation": asdict(isolation),
     }
@@ -168,6 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="programs for the sandbox")
     ap.add_argument("--baseline-n", type=int, default=60, help="programs for the baseline")
     ap.add_argument("--workers", type=int, default=None, help="sandbox workers (default: cores)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON result goes")
     args = ap.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -196,8 +212,8 @@ def main(argv=None) -> int:
         "speedup_vs_parallel": ratio_par,
         "cpu_per_program_ratio": cpu_ratio,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     iso = sandbox["isolation"]
     print(
@@ -224,10 +240,13 @@ def main(argv=None) -> int:
     )
     print(
         f"\nvs. the parallel baseline: {ratio_par:.1f}x; CPU per program: {cpu_ratio:.1f}x "
-        f"less; worker start-up {sandbox['startup_s']:.2f} s (once). Wrote {RESULTS}"
+        f"less (caller {sandbox['cpu_ms_per_program_caller']:.2f} ms, workers "
+        f"{sandbox['cpu_ms_per_program_workers']:.2f} ms, programs' processes "
+        f"{sandbox['cpu_ms_per_program_children']:.2f} ms); worker start-up "
+        f"{sandbox['startup_s']:.2f} s (once). Wrote {args.out}"
     )
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

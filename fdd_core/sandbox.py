@@ -12,10 +12,13 @@ compiles the source, then forks a child that starts a new session, closes every 
 file descriptor, sets rlimits, enters a fresh scratch folder, drops privileges, runs the
 code in fresh globals and writes a small verdict back over a pipe. The worker enforces the
 wall clock and kills what is left. A worker that dies (or stops answering) is noticed,
-killed and restarted; only the program it was running is marked `error`. Each caller
-thread keeps two requests in flight per worker, so a worker never waits for the caller.
-A program costs about 2 ms of CPU in all (worker, child and caller): see
-bench/bench_sandbox.py.
+killed and restarted; only the program it was running is marked `error`. The calling
+thread drives all its workers from one poll loop: programs go several to a request frame
+(`BATCH`, marshalled), each worker keeps up to `QUEUED` of them, so it never waits for the
+caller, and the caller reads replies a few at a time. A program costs about 3 ms of CPU in
+all on the 2-core development machine, over half of it the kernel forking, copying on write
+and tearing down one Python process per program (bench/profile_sandbox.py; numbers in
+docs/BENCHMARKS.md).
 
 What it protects against (each has a hostile test in tests/test_sandbox.py):
 - endless loops and sleeps: a wall-clock timeout, after which the program's process group
@@ -25,7 +28,9 @@ What it protects against (each has a hostile test in tests/test_sandbox.py):
   runs as `nobody` when the sandbox runs as root; the kernel ignores it for root itself),
   and, with a pid namespace, every process the program started is killed and reaped
   (setsid() does not help it escape) before the worker takes the next program.
-- files: the child runs in a scratch folder removed afterwards, with RLIMIT_FSIZE
+- files: the child runs in a scratch folder of its own, removed afterwards (a fresh one
+  per program, not one reused after a wipe: on a reused folder a program could leave
+  timestamps or extended attributes for the next to read), with RLIMIT_FSIZE
   (`FILE_SIZE_MB`) and RLIMIT_NOFILE. A file at a known absolute path is protected by
   something real, not by obscurity: with a mount namespace the whole file system is
   remounted read-only and nosuid (mount_setattr, recursively) *in that namespace only*;
@@ -82,13 +87,12 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import json
 import logging
+import marshal
 import os
 import queue
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -114,10 +118,13 @@ MAX_PROCESSES = 64  # RLIMIT_NPROC (per uid, so shared by the programs running a
 MAX_PROGRAM_CHARS = 1_000_000
 WORKER_START_S = 60.0  # a worker that is not ready by then is a hard error
 WORKER_GRACE_S = 10.0  # beyond the program's timeout, before a silent worker is killed
-PIPELINE = 2  # requests in flight per worker (hides the caller's scheduling latency)
-# A request sent while another is pending must fit in the pipe without blocking (4 KiB is
-# the least Linux gives a pipe), else caller and worker could each wait on a full pipe.
-PIPELINE_MAX_BYTES = 4000
+# Programs are sent several to a frame, and a worker always has the next ones queued, so
+# it never waits for the caller (and the caller wakes up once per few programs, not once
+# per program). Queues stay short so that a slow program delays few others behind it.
+BATCH = 8  # programs per request frame, at most
+BATCH_BYTES = 256 * 1024  # ... and this many bytes of source (at least one program)
+QUEUED = 2 * BATCH  # programs in flight per worker, at most
+NAP_S = 0.004  # longest the caller lets replies pile up while every worker has a queue
 
 _WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 _WORKER_ENV = {
@@ -130,7 +137,6 @@ _WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
 }
-_HEADER = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -235,41 +241,25 @@ class _Worker:
             )
         self._wfd = self.proc.stdin.fileno()
         self._rfd = self.proc.stdout.fileno()
+        os.set_blocking(self._wfd, False)  # the caller's poll loop never blocks on a write
         self.ready: dict | None = None
 
     def wait_ready(self) -> dict:
         self.ready = self._recv(time.monotonic() + WORKER_START_S)
-        if not self.ready.get("ready"):
+        if not isinstance(self.ready, dict) or not self.ready.get("ready"):
             raise _WorkerDied(f"unexpected first message from the worker: {self.ready!r}")
         return self.ready
 
     @staticmethod
-    def frame(req_id: int, code: str) -> bytes:
-        body = json.dumps({"id": req_id, "code": code}).encode("utf-8")
-        return _HEADER.pack(len(body)) + body
+    def frame(batch: list[tuple[int, str]]) -> bytes:
+        body = marshal.dumps(batch)
+        return len(body).to_bytes(4, "big") + body
 
-    def send(self, frame: bytes) -> None:
+    def _recv(self, deadline: float):
+        size = int.from_bytes(self._read_exact(4, deadline), "big")
         try:
-            self._write_all(frame)
-        except OSError as exc:
-            raise _WorkerDied(f"could not send the program to the worker: {exc}") from exc
-
-    def receive(self, req_id: int, timeout_s: float) -> dict:
-        reply = self._recv(time.monotonic() + timeout_s + WORKER_GRACE_S)
-        if reply.get("id") != req_id:
-            raise _WorkerDied(f"worker answered request {reply.get('id')!r}, expected {req_id}")
-        return reply
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._wfd, view) :]
-
-    def _recv(self, deadline: float) -> dict:
-        size = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))[0]
-        try:
-            return json.loads(self._read_exact(size, deadline))
-        except ValueError as exc:
+            return marshal.loads(self._read_exact(size, deadline))
+        except (ValueError, EOFError, TypeError) as exc:
             raise _WorkerDied(f"unreadable reply from the worker: {exc}") from exc
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
@@ -373,40 +363,24 @@ class Sandbox:
     def run_many(self, programs: Sequence[str]) -> list[ExecutionResult]:
         """Run programs in parallel (one at a time per worker); results in input order."""
         programs = list(programs)
-        results: list[ExecutionResult | None] = [None] * len(programs)
         if not programs:
             return []
+        results: list[ExecutionResult | None] = [None] * len(programs)
         self._ensure_started()
-        order = iter(range(len(programs)))
-        order_lock = threading.Lock()
-
-        def take() -> tuple[int, str] | None:
-            """The next program to send, answering malformed ones on the spot."""
-            with order_lock:
-                for i in order:
-                    problem = _check_program(programs[i])
-                    if problem is None:
-                        return i, programs[i]
-                    results[i] = problem
-            return None
-
-        def feed() -> None:
-            slot = self._slots.get()
+        # One thread drives every worker it holds: wait for one free worker, take any other
+        # free one (another thread's run_many may hold the rest).
+        slots = [self._slots.get()]
+        while len(slots) < min(self.n_workers, len(programs)):
             try:
-                self._stream(slot, take, results)
-            finally:
+                slots.append(self._slots.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            _Run(self, programs, results).drive(slots)
+        finally:
+            for slot in slots:
                 self._slots.put(slot)
-
-        helpers = [
-            threading.Thread(target=feed, name=f"sandbox-feed-{k}", daemon=True)
-            for k in range(min(self.n_workers, len(programs)) - 1)
-        ]
-        for thread in helpers:
-            thread.start()
-        feed()  # this thread feeds one worker too
-        for thread in helpers:
-            thread.join()
-        # A gap would mean a bug in a feeding thread (already reported by threading).
+        # A gap would mean a bug in the driving loop.
         missing = _error("sandbox internal error: no result")
         return [r if r is not None else missing for r in results]
 
@@ -468,7 +442,8 @@ class Sandbox:
             "parent_ns": _ns_ids(),
             "env": {k: v for k, v in _WORKER_ENV.items() if k != "PYTHONDONTWRITEBYTECODE"},
         }
-        argv = [*prefix, sys.executable, "-I", "-B", str(_WORKER_SCRIPT), json.dumps(worker_cfg)]
+        config = marshal.dumps(worker_cfg).hex()
+        argv = [*prefix, sys.executable, "-I", "-B", str(_WORKER_SCRIPT), config]
         return _Worker(argv, Path(self._tmp_dir) / f"worker-{index}.log")
 
     def _adopt(self, index: int, worker: _Worker) -> None:
@@ -492,80 +467,238 @@ class Sandbox:
             )
             log.debug("sandbox isolation: %s", self._isolation)
 
-    def _stream(self, slot: int, take, results: list) -> None:
-        """Feed programs from `take` through the slot's worker until none is left.
-
-        Up to `PIPELINE` requests are in flight: when a program ends, the worker finds the
-        next one already in its pipe instead of waiting for this thread to be scheduled.
-        If the worker dies, the program it was running gets an error; the ones queued behind
-        it (never started) go to a fresh worker.
-        """
-        backlog: collections.deque[tuple[int, str]] = collections.deque()  # not sent yet
-        pending: collections.deque[tuple[int, int]] = collections.deque()  # (index, request)
-        in_flight: dict[int, str] = {}
-        worker = self._workers[slot]
-        while True:
-            if worker is None:
-                worker = self._restart(slot, take, backlog, results)
-                if worker is None:
-                    return
-            broken = False
-            while len(pending) < PIPELINE:
-                job = backlog.popleft() if backlog else take()
-                if job is None:
-                    break
-                req_id = next(self._ids)
-                frame = _Worker.frame(req_id, job[1])
-                if pending and len(frame) > PIPELINE_MAX_BYTES:
-                    backlog.appendleft(job)  # sent once the pipe is surely empty
-                    break
-                try:
-                    worker.send(frame)
-                except _WorkerDied:
-                    backlog.appendleft(job)  # never reached the worker: retry elsewhere
-                    broken = True
-                    break
-                pending.append((job[0], req_id))
-                in_flight[req_id] = job[1]
-            if not pending:
-                if not broken:
-                    return
-                self._retire(slot, worker)
-                worker = None
-                continue
-            index, req_id = pending.popleft()
-            in_flight.pop(req_id)
-            start = time.monotonic()
-            try:
-                reply = worker.receive(req_id, self.cfg.timeout_s)
-            except _WorkerDied as exc:
-                results[index] = _error(
-                    f"{exc}; the program was not judged", time.monotonic() - start
-                )
-                backlog.extendleft(reversed([(i, in_flight.pop(r)) for i, r in pending]))
-                pending.clear()
-                self._retire(slot, worker)
-                worker = None
-                continue
-            results[index] = _to_result(reply)
-
-    def _restart(self, slot: int, take, backlog, results) -> _Worker | None:
-        """A fresh worker for the slot; if none starts, every remaining program fails."""
-        try:
-            worker = self._spawn(slot)
-            self._adopt(slot, worker)
-            return worker
-        except Exception as exc:
-            message = f"sandbox worker could not be (re)started: {exc}"
-            while True:
-                job = backlog.popleft() if backlog else take()
-                if job is None:
-                    return None
-                results[job[0]] = _error(message)
+    def _restart(self, slot: int) -> _Worker:
+        """A fresh worker for the slot (raises when none starts)."""
+        worker = self._spawn(slot)
+        self._adopt(slot, worker)
+        return worker
 
     def _retire(self, slot: int, worker: _Worker) -> None:
         worker.stop(grace_s=0.2)
         self._workers[slot] = None
+
+
+class _Lane:
+    """One worker as one `run_many` drives it: what was sent, what is still to write."""
+
+    def __init__(self, slot: int, worker: _Worker):
+        self.slot = slot
+        self.worker = worker
+        # (index, request id, program, byte count at which its frame is fully written)
+        self.pending: collections.deque[tuple[int, int, str, int]] = collections.deque()
+        self.out = bytearray()  # frames not written yet (the pipe was full)
+        self.queued = 0  # bytes of frames so far
+        self.sent = 0  # ... of which written
+        self.inbuf = bytearray()
+        self.deadline = 0.0
+
+
+class _Run:
+    """One `run_many` call: feeds its workers from one thread with a poll loop.
+
+    Writes never block (the request pipes are non-blocking) and replies are read whenever
+    they come, so neither side can wait on the other with both pipes full. A worker that
+    dies or goes silent gets its program marked `error`; the ones queued behind it (never
+    started) go back to the front of the queue, and the slot gets a fresh worker.
+    """
+
+    def __init__(self, sandbox: Sandbox, programs: list, results: list):
+        self.sb = sandbox
+        self.programs = programs
+        self.results = results
+        self.next = 0  # index of the next program not taken yet
+        self.backlog: collections.deque[tuple[int, str]] = collections.deque()  # to resend
+        self.patience = sandbox.cfg.timeout_s + WORKER_GRACE_S
+        self._gone = "sandbox worker could not be (re)started"
+        self.typical_s = 0.0  # running mean of a program's duration
+
+    def _left(self) -> int:
+        return len(self.programs) - self.next + len(self.backlog)
+
+    def _take(self, count: int) -> list[tuple[int, str]]:
+        """Up to `count` programs to send (at least one if any is left), bytes bounded;
+        malformed ones are answered on the spot."""
+        jobs: list[tuple[int, str]] = []
+        size = 0
+        while len(jobs) < count and size < BATCH_BYTES:
+            if self.backlog:
+                job = self.backlog.popleft()
+            elif self.next < len(self.programs):
+                i = self.next
+                self.next += 1
+                problem = _check_program(self.programs[i])
+                if problem is not None:
+                    self.results[i] = problem
+                    continue
+                job = (i, self.programs[i])
+            else:
+                break
+            if jobs and size + len(job[1]) > BATCH_BYTES:
+                self.backlog.appendleft(job)
+                break
+            jobs.append(job)
+            size += len(job[1])
+        return jobs
+
+    def drive(self, slots: list[int]) -> None:
+        lanes: list[_Lane] = []
+        try:
+            self._drive(slots, lanes)
+        except BaseException:
+            # Interrupted (say Ctrl-C): a worker with programs still queued would answer
+            # them to the next run_many; stop it, its slot gets a fresh one when next used.
+            for lane in lanes:
+                if lane.pending or lane.out:
+                    self.sb._retire(lane.slot, lane.worker)
+            raise
+
+    def _drive(self, slots: list[int], lanes: list[_Lane]) -> None:
+        for slot in slots:
+            lane = self._lane(slot, self.sb._workers[slot])
+            if lane is not None:
+                lanes.append(lane)
+        if not lanes:
+            self._fail_rest(self._gone)
+            return
+        poller = select.poll()
+        while True:
+            for lane in lanes:
+                if len(lane.pending) <= QUEUED - BATCH:
+                    self._send(lane, len(lanes))
+            busy = [lane for lane in lanes if lane.pending]
+            if not busy:
+                return
+            by_fd = {}
+            for lane in busy:
+                w = lane.worker
+                poller.register(w._rfd, select.POLLIN)
+                by_fd[w._rfd] = lane
+                if lane.out:
+                    poller.register(w._wfd, select.POLLOUT)
+                    by_fd[w._wfd] = lane
+            wait = min(lane.deadline for lane in busy) - time.monotonic()
+            events = poller.poll(max(wait, 0.0) * 1000) if wait > 0 else []
+            for fd in by_fd:
+                poller.unregister(fd)
+            dead: dict[int, str] = {}
+            for fd, _ in events:
+                lane = by_fd[fd]
+                if lane.slot in dead:
+                    continue
+                try:
+                    if fd == lane.worker._wfd:
+                        self._write(lane)
+                    else:
+                        self._read(lane)
+                except _WorkerDied as exc:
+                    dead[lane.slot] = str(exc)
+            now = time.monotonic()
+            for lane in busy:
+                if lane.slot not in dead and lane.pending and now >= lane.deadline:
+                    dead[lane.slot] = "the worker stopped answering within the timeout (killed)"
+            for lane in [lane for lane in lanes if lane.slot in dead]:
+                lanes.remove(lane)
+                replaced = self._fail(lane, dead[lane.slot])
+                if replaced is not None:
+                    lanes.append(replaced)
+            if not lanes:  # no worker could be (re)started: every remaining program fails
+                self._fail_rest(self._gone)
+                return
+            if all(len(lane.pending) >= BATCH and not lane.out for lane in lanes):
+                # Every worker has programs queued for a while: let replies pile up, and
+                # read them a few at a time, instead of waking up for each one.
+                time.sleep(min(NAP_S, 2 * self.typical_s))
+
+    def _lane(self, slot: int, worker: _Worker | None) -> _Lane | None:
+        if worker is None:
+            try:
+                worker = self.sb._restart(slot)
+            except Exception as exc:
+                self._gone = f"sandbox worker could not be (re)started: {exc}"
+                return None
+        return _Lane(slot, worker)
+
+    def _send(self, lane: _Lane, n_lanes: int) -> None:
+        # Smaller batches near the end keep every worker busy until the last program.
+        share = -(-self._left() // (2 * n_lanes))
+        jobs = self._take(max(1, min(BATCH, share)))
+        if not jobs:
+            return
+        batch = [(next(self.sb._ids), code) for _, code in jobs]
+        frame = _Worker.frame(batch)
+        if not lane.pending:
+            lane.deadline = time.monotonic() + self.patience
+        lane.queued += len(frame)
+        lane.out += frame
+        for (index, code), (req_id, _) in zip(jobs, batch, strict=True):
+            lane.pending.append((index, req_id, code, lane.queued))
+        try:
+            self._write(lane)
+        except _WorkerDied:
+            pass  # noticed (and handled) when its reply pipe reports the death
+
+    def _write(self, lane: _Lane) -> None:
+        try:
+            written = os.write(lane.worker._wfd, lane.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise _WorkerDied(f"could not send the program to the worker: {exc}") from exc
+        del lane.out[:written]
+        lane.sent += written
+
+    def _read(self, lane: _Lane) -> None:
+        try:
+            data = os.read(lane.worker._rfd, 65536)  # below malloc's mmap threshold
+        except OSError as exc:
+            raise _WorkerDied(f"could not read from the worker: {exc}") from exc
+        if not data:
+            raise _WorkerDied(lane.worker._death_note())
+        buf = lane.inbuf
+        buf += data
+        start = 0
+        try:
+            while len(buf) - start >= 4:
+                end = start + 4 + int.from_bytes(buf[start : start + 4], "big")
+                if len(buf) < end:
+                    break
+                reply = marshal.loads(buf[start + 4 : end])
+                start = end
+                if not lane.pending:
+                    raise _WorkerDied("the worker sent a reply nobody asked for")
+                head = lane.pending.popleft()
+                index, req_id = head[0], head[1]
+                if not isinstance(reply, tuple) or len(reply) != 5 or reply[0] != req_id:
+                    lane.pending.appendleft(head)
+                    raise _WorkerDied(f"worker answered {reply!r:.100}, expected request {req_id}")
+                self.results[index] = result = _to_result(reply)
+                self.typical_s += (result.duration_s - self.typical_s) / 8
+                lane.deadline = time.monotonic() + self.patience
+        except (ValueError, EOFError, TypeError) as exc:
+            raise _WorkerDied(f"unreadable reply from the worker: {exc}") from exc
+        finally:
+            del buf[:start]
+
+    def _fail(self, lane: _Lane, message: str) -> _Lane | None:
+        """The lane's worker is gone: judge its running program, requeue the rest, and
+        return a lane with a fresh worker (None if none starts)."""
+        if lane.pending:
+            index, _, _, end = lane.pending.popleft()
+            if end and end <= lane.sent:  # the worker had it: it may have been running
+                self.results[index] = _error(f"{message}; the program was not judged")
+            else:
+                lane.pending.appendleft((index, 0, self.programs[index], 0))
+        self.backlog.extendleft(reversed([(i, self.programs[i]) for i, *_ in lane.pending]))
+        self.sb._retire(lane.slot, lane.worker)
+        return self._lane(lane.slot, None)
+
+    def _fail_rest(self, message: str) -> None:
+        while True:
+            jobs = self._take(BATCH)
+            if not jobs:
+                return
+            for index, _ in jobs:
+                self.results[index] = _error(message)
 
 
 def _check_program(program) -> ExecutionResult | None:
@@ -576,18 +709,19 @@ def _check_program(program) -> ExecutionResult | None:
     return None
 
 
-def _to_result(reply: dict) -> ExecutionResult:
-    status = reply.get("status")
+def _to_result(reply: tuple) -> ExecutionResult:
+    _, status, answer, stderr, duration = reply
     if status not in STATUSES:
         return _error(f"sandbox worker sent an unknown status {status!r}")
-    answer = reply.get("answer") if status == "ok" else None
-    if status == "ok" and not isinstance(answer, (int, float)):
+    if status != "ok":
+        answer = None
+    elif not isinstance(answer, (int, float)):
         return _error(f"sandbox worker sent answer {answer!r} with status ok")
     return ExecutionResult(
         answer=float(answer) if answer is not None else None,
         status=status,
-        stderr=str(reply.get("stderr", "")),
-        duration_s=float(reply.get("duration_s", 0.0)),
+        stderr=str(stderr),
+        duration_s=float(duration),
     )
 
 

@@ -6,10 +6,13 @@ only the standard library and runs as a plain script (``-I``: no user site, no P
 variables, no current folder on sys.path). Read fdd_core/sandbox.py for what the sandbox
 protects against and what it does not; this file is the mechanism.
 
-Protocol (fd 0 requests, fd 1 replies): frames of a 4-byte big-endian length and UTF-8 JSON.
-The worker first sends ``{"ready": true, "isolation": {...}}``, then answers each
-``{"id": n, "code": "..."}`` with ``{"id": n, "status", "answer", "stderr", "duration_s"}``.
-EOF on fd 0 ends it.
+Protocol (fd 0 requests, fd 1 replies): frames of a 4-byte big-endian length and a
+`marshal`led value (both ends are this project's code; nothing a program writes is ever
+unmarshalled). The configuration comes as hex of a marshalled dict in argv[1]. The worker
+first sends ``{"ready": True, "isolation": {...}}``; a request is a list of
+``(id, code)`` pairs (several programs per frame: one read, one decode for the lot), run one
+after another, each answered as soon as it ends with ``(id, status, answer, stderr,
+duration_s)``. EOF on fd 0 ends it.
 
 One program: the worker compiles it (no code of the program runs there), makes a fresh
 scratch folder and two pipes (output, verdict), and forks. The child (`_child`) starts a
@@ -19,14 +22,22 @@ code in fresh globals and writes its verdict to fd 3 as three lines of text: sta
 repr(answer), message (checked by the worker: the child is untrusted). The worker waits on
 a pidfd until the wall-clock deadline, kills whatever is left (the whole pid namespace but
 itself when it is that namespace's init, else the child's process group), reaps, and
-removes the scratch folder. Each worker runs one program at a time: that is what makes
-"kill everything else in my namespace" a correct cleanup.
+removes the scratch folder. As namespace init it can tell for free whether anything is
+left: every process the program started that outlived it has become the worker's own
+child, so "no child left to wait for" after reaping the program means nothing is left,
+and the kill (a scan of every process on the machine) is only needed when something is.
+Each worker runs one program at a time: that is what makes "kill everything else in my
+namespace" a correct cleanup.
 
 Speed: a child costs about as much as the pages it touches (each first write to a page
 shared with the worker is a copy-on-write fault, a few microseconds). So everything a child
 needs is prepared once in the worker (`ChildPlan`: limits, ctypes calls, the environment),
 the program is compiled before the fork (compiling in the child cost ~200 faults), and the
-child does little more than system calls and the program itself: ~190 faults, ~1 ms.
+child does little more than system calls and the program itself: ~210 minor faults for a
+short program, ~110 of them the fork and exit of any process with this worker's imports.
+The worker pays too: a fork copies the page table of its ~8 MB of anonymous memory and
+write-protects it, so each page it writes afterwards faults again (~160 per program).
+python -m bench.profile_sandbox shows where the CPU goes.
 """
 
 from __future__ import annotations
@@ -34,18 +45,16 @@ from __future__ import annotations
 import builtins
 import ctypes
 import decimal
-import json
 import linecache
+import marshal
 import math
 import mmap
 import numbers
 import os
-import random
 import resource
 import select
 import signal
 import stat
-import struct
 import sys
 import time
 import traceback
@@ -75,7 +84,6 @@ PRELOAD = (
 )
 
 STATUSES = ("ok", "error", "timeout", "memory", "no_answer", "bad_answer")
-_HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # a request or reply larger than this is a protocol error
 MAX_VERDICT = 64 * 1024  # bytes of verdict read from a child; more is dropped
 NOBODY = 65534
@@ -94,15 +102,15 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 0x1, 0x2, 0x4, 0x1000, 0x4000
 # --------------------------------------------------------------------------- framing
 
 
-def read_frame(fd: int) -> dict | None:
-    head = _read_exact(fd, _HEADER.size)
+def read_frame(fd: int):
+    head = _read_exact(fd, 4)
     if head is None:
         return None
-    (size,) = _HEADER.unpack(head)
+    size = int.from_bytes(head, "big")
     if size > MAX_FRAME:
         raise ValueError(f"frame of {size} bytes exceeds {MAX_FRAME}")
     body = _read_exact(fd, size)
-    return None if body is None else json.loads(body)
+    return None if body is None else marshal.loads(body)
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -116,9 +124,9 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def write_frame(fd: int, obj: dict) -> None:
-    body = json.dumps(obj).encode("utf-8")
-    _write_all(fd, _HEADER.pack(len(body)) + body)
+def write_frame(fd: int, obj) -> None:
+    body = marshal.dumps(obj)
+    _write_all(fd, len(body).to_bytes(4, "big") + body)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -173,7 +181,7 @@ def _ns_id(kind: str) -> int:
 
 def _mount_setattr_readonly(path: str) -> bool:
     """Make every mount under `path` read-only and nosuid, in this mount namespace only."""
-    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    attr = (MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID).to_bytes(8, sys.byteorder) + bytes(24)
     buf = ctypes.create_string_buffer(attr, len(attr))
     rc = LIBC.syscall(
         ctypes.c_long(SYS_MOUNT_SETATTR),
@@ -308,12 +316,27 @@ class ChildPlan:
         self.scratch_root = cfg["scratch_root"]
         self.no_new_privs = not isolation["readonly_fs"]
         self.devnull = os.open(os.devnull, os.O_RDWR)
-        self.limits = _clamped_limits(cfg)
+        # Limits that bind the worker no more than it needs are set on it, once: every
+        # child inherits them. RLIMIT_CPU (CPU time adds up over a process's life) and
+        # RLIMIT_AS stay the child's own, and so does RLIMIT_NPROC unless the worker is
+        # the real root (which it ignores; a namespace's root would be held to it).
+        inherited = {resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE, resource.RLIMIT_CORE}
+        if self.privilege == "nobody" and os.geteuid() == 0:
+            inherited.add(resource.RLIMIT_NPROC)
+        self.limits = []
+        for which, limit in _clamped_limits(cfg):
+            if which in inherited:
+                resource.setrlimit(which, limit)
+            else:
+                self.limits.append((which, limit))
+        # The worker's own fd 0 is /dev/null already (see main): children keep it.
+        self.stdin_ok = os.path.samestat(os.fstat(0), os.fstat(self.devnull))
         low = (1 << CAP_DAC_READ_SEARCH) if self.read_all else 0
-        self.cap_header = ctypes.create_string_buffer(
-            struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0), 8
-        )
-        self.cap_data = ctypes.create_string_buffer(struct.pack("6I", low, low, 0, 0, 0, 0), 24)
+        header = LINUX_CAPABILITY_VERSION_3.to_bytes(4, sys.byteorder) + bytes(4)  # version, pid 0
+        self.cap_header = ctypes.create_string_buffer(header, 8)
+        # effective and permitted sets; inheritable and the upper 32 capabilities empty
+        data = 2 * low.to_bytes(4, sys.byteorder) + bytes(16)
+        self.cap_data = ctypes.create_string_buffer(data, 24)
         os.environ.clear()
         os.environ.update(cfg["env"])
         if self.fixed_scratch:
@@ -365,12 +388,13 @@ def _clamped_limits(cfg: dict) -> list[tuple[int, tuple[int, int]]]:
 # --------------------------------------------------------------------------- child side
 
 
-def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -> None:
+def _child(program, source, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -> None:
     """Runs in the forked child; never returns (the caller `os._exit`s on any escape)."""
     os.setsid()  # own session and process group: the group is what a timeout kills
     if plan.pdeathsig:  # without a pid namespace: die with the worker, whatever kills it
         LIBC.call(LIBC.prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.dup2(plan.devnull, 0)
+    if not plan.stdin_ok:
+        os.dup2(plan.devnull, 0)
     os.dup2(out_w, 1)  # sys.stdout/sys.stderr already wrap fds 1 and 2 (empty buffers)
     os.dup2(out_w, 2)
     os.dup2(verdict_w, 3)
@@ -381,9 +405,10 @@ def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -
     plan.drop_privileges()
     if not plan.fixed_scratch:
         os.environ.update(HOME=scratch, TMPDIR=scratch)
-    random.seed()  # a fresh seed per program, as a fresh interpreter would have
+    # `random` reseeds itself from the OS in every forked child (os.register_at_fork), so
+    # each program gets a fresh seed, as a fresh interpreter would, at no cost here.
     me = os.getpid()
-    status, answer, detail = execute(program)
+    status, answer, detail = execute(program, source)
     if os.getpid() != me:  # a copy the program forked: only the program's own verdict counts
         os._exit(0)
     if status != "ok":  # output is reported only for failures: flushing costs page copies
@@ -396,7 +421,7 @@ def _child(program, scratch: str, out_w: int, verdict_w: int, plan: ChildPlan) -
     os._exit(0)
 
 
-def execute(program) -> tuple[str, float | None, str]:
+def execute(program, source: str = "") -> tuple[str, float | None, str]:
     """Run a compiled program in fresh globals and judge its `ans`: (status, answer, message)."""
     # Address space given back on MemoryError so there is room to report it. An anonymous
     # mmap touches no page (bytearray(n) would zero-fill 256 of them).
@@ -412,6 +437,7 @@ def execute(program) -> tuple[str, float | None, str]:
         if exc.code not in (None, 0):
             return "error", None, f"the program called sys.exit({_short_repr(exc.code)})"
     except BaseException as exc:
+        _quotable(source)
         return "error", None, _format_error(exc)
     if "ans" not in scope:
         return "no_answer", None, "the program did not set a variable `ans`"
@@ -422,15 +448,20 @@ def execute(program) -> tuple[str, float | None, str]:
         scope.clear()
         return "memory", None, "MemoryError while reading `ans`"
     except BaseException as exc:
+        _quotable(source)
         return "bad_answer", None, f"`ans` could not be read: {_format_error(exc)}"
 
 
 def compile_program(code: str):
     """Compile in the worker, before the fork: compiling runs none of the program's code (a
-    str source needs no codec), and a child that only executes touches far fewer pages.
-    The source is kept in linecache so that tracebacks can quote it."""
-    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
+    str source needs no codec), and a child that only executes touches far fewer pages."""
     return compile(code, "<program>", "exec", dont_inherit=True)
+
+
+def _quotable(source: str) -> None:
+    """Put the source in linecache so that a traceback can quote it (only on failure, in
+    the child: the worker then allocates nothing for it)."""
+    linecache.cache["<program>"] = (len(source), None, source.splitlines(True), "<program>")
 
 
 def judge_answer(value) -> tuple[str, float | None, str]:
@@ -494,39 +525,39 @@ class Worker:
         # (kill(-1)); anywhere else that would kill every process of this user.
         self.ns_init = bool(isolation["pid_namespace"]) and os.getpid() == 1
         self.cap = int(cfg["max_output_bytes"])
+        self.timeout_s = float(cfg["timeout_s"])
+        self.strays = False  # set if some process could not be killed (never seen)
 
-    def run(self, code: str) -> dict:
+    def run(self, code: str) -> tuple[str, float | None, str, float]:
+        """(status, answer, stderr, duration_s) of one program."""
         start = time.monotonic()
         try:
             program = compile_program(code)
         except Exception as exc:  # SyntaxError, ValueError (NUL byte), RecursionError, ...
-            return {
-                "status": "error",
-                "answer": None,
-                "stderr": _format_error(exc)[: self.cap],
-                "duration_s": time.monotonic() - start,
-            }
+            return "error", None, _format_error(exc)[: self.cap], time.monotonic() - start
         scratch = self.plan.new_scratch()
         out_r, out_w = os.pipe()
         verdict_r, verdict_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never return into the worker's loop
             try:
-                _child(program, scratch, out_w, verdict_w, self.plan)
+                _child(program, code, scratch, out_w, verdict_w, self.plan)
             finally:
                 os._exit(CHILD_SETUP_FAILED)
         os.close(out_w)
         os.close(verdict_w)
         try:
+            exited = False
             try:
-                exited, output, verdict = self._supervise(pid, out_r, verdict_r, start)
+                exited, output, verdict, left = self._supervise(pid, out_r, verdict_r, start)
                 duration = time.monotonic() - start
             finally:  # whatever happened, nothing the program started outlives it
-                self._kill_rest(pid)
-                _, status, rusage = os.wait4(pid, 0)
-                self._reap_all(pid)
-            output += self._drain(out_r, 2 * self.cap)
-            verdict += self._drain(verdict_r, MAX_VERDICT - len(verdict))
+                status, rusage = self._end(pid, exited)
+            # Every writer is dead now: these reads end at EOF (or the limit), never block.
+            if out_r in left:
+                output += self._drain(out_r, 2 * self.cap)
+            if verdict_r in left:
+                verdict += self._drain(verdict_r, MAX_VERDICT - len(verdict))
         finally:
             os.close(out_r)
             os.close(verdict_r)
@@ -534,26 +565,31 @@ class Worker:
         return self._reply(exited, status, rusage, bytes(output), bytes(verdict), duration)
 
     def _supervise(self, pid: int, out_r: int, verdict_r: int, start: float):
-        """Collect output and verdict until the child exits or the deadline passes."""
-        deadline = start + float(self.cfg["timeout_s"])
+        """Collect output and verdict until the child exits or the deadline passes:
+        (exited, output, verdict, the pipes not read to EOF yet)."""
+        deadline = start + self.timeout_s
         output, verdict = bytearray(), bytearray()
+        left = {out_r, verdict_r}
         pidfd = _pidfd_open(pid)
         poller = select.poll()
         for fd in (out_r, verdict_r) if pidfd is None else (out_r, verdict_r, pidfd):
             poller.register(fd, select.POLLIN)
+        exited = False
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False, output, verdict
+            while not exited:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return False, output, verdict, left
                 # Without a pidfd (Linux < 5.3) poll in short slices and ask waitid.
-                wait_ms = left * 1000 if pidfd is not None else min(left * 1000, 2.0)
+                wait_ms = wait * 1000 if pidfd is not None else min(wait * 1000, 2.0)
                 for fd, _ in poller.poll(max(wait_ms, 0.001)):
                     if fd == pidfd:
-                        return True, output, verdict
+                        exited = True  # the pipes' last bytes are read by the caller
+                        continue
                     data = os.read(fd, 65536)  # poll said readable: data, or b"" at EOF
                     if not data:
                         poller.unregister(fd)
+                        left.discard(fd)
                     elif fd == out_r:
                         output += data
                         if len(output) > 2 * self.cap:  # keep the tail, bounded
@@ -561,10 +597,26 @@ class Worker:
                     elif len(verdict) < MAX_VERDICT:
                         verdict += data
                 if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                    return True, output, verdict
+                    exited = True
+            return True, output, verdict, left
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+
+    def _end(self, pid: int, exited: bool):
+        """Reap the program's process and make sure nothing it started is left."""
+        if not self.ns_init:
+            self._kill_rest(pid)  # the group id stays ours until pid is reaped
+            _, status, rusage = os.wait4(pid, 0)
+            self._reap_all(pid)
+            return status, rusage
+        if not exited:
+            self._kill_rest(pid)
+        _, status, rusage = os.wait4(pid, 0)
+        # Whatever the program started and left behind was reparented to us (the
+        # namespace's init) when its process died: no child of ours, nothing left.
+        self._reap_all(pid, kill_first=False)
+        return status, rusage
 
     def _kill_rest(self, pid: int) -> None:
         """SIGKILL the program's process group (or the whole namespace but us)."""
@@ -576,8 +628,18 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _reap_all(self, pid: int) -> None:
-        """Reap every remaining child; as namespace init that is every leftover process."""
+    def _reap_all(self, pid: int, kill_first: bool = True) -> None:
+        """Reap every remaining child; as namespace init that is every leftover process.
+        With `kill_first` False, kill only if some child is still alive."""
+        if not kill_first:
+            try:
+                while True:
+                    reaped, _ = os.waitpid(-1, os.WNOHANG)
+                    if reaped == 0:
+                        break  # some child is still running: kill and reap below
+            except ChildProcessError:
+                return  # no child at all: nothing the program started is left
+            self._kill_rest(pid)
         give_up = time.monotonic() + 5.0
         while True:
             try:
@@ -586,14 +648,15 @@ class Worker:
             except ChildProcessError:
                 return
             if time.monotonic() > give_up:
+                self.strays = True  # from now on, never trust a pipe to reach EOF
                 return
             self._kill_rest(pid)  # a process forked mid-kill is caught on the next round
             time.sleep(0.001)
 
-    @staticmethod
-    def _drain(fd: int, limit: int) -> bytes:
+    def _drain(self, fd: int, limit: int) -> bytes:
         """What is left in a pipe whose writers are dead (or stray: never block)."""
-        os.set_blocking(fd, False)
+        if self.strays or not self.ns_init:  # a stray may still hold the pipe open
+            os.set_blocking(fd, False)
         chunks, size = [], 0
         while size < limit:
             try:
@@ -619,7 +682,7 @@ class Worker:
             text += f"\n--- program output (last {len(output)} bytes) ---\n"
             text += output.decode("utf-8", "backslashreplace")
             text = text[: self.cap]
-        return {"status": state, "answer": answer, "stderr": text, "duration_s": duration}
+        return state, answer, text, duration
 
 
 def _parse_verdict(data: bytes):
@@ -700,7 +763,7 @@ def _remove_tree(path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    cfg = json.loads(argv[1])
+    cfg = marshal.loads(bytes.fromhex(argv[1]))
     requests, replies = os.dup(0), os.dup(1)
     # Nothing the worker prints by accident may land in the protocol stream.
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -720,20 +783,15 @@ def main(argv: list[str]) -> int:
     gc.freeze()  # keep the warmed-up heap out of the children's garbage collections
     write_frame(replies, {"ready": True, "isolation": isolation})
     while True:
-        request = read_frame(requests)
-        if request is None:
+        batch = read_frame(requests)
+        if batch is None:
             return 0
-        try:
-            reply = worker.run(request["code"])
-        except Exception as exc:  # a worker bug must not take the pool down with it
-            reply = {
-                "status": "error",
-                "answer": None,
-                "duration_s": 0.0,
-                "stderr": f"sandbox worker error: {type(exc).__name__}: {exc}",
-            }
-        reply["id"] = request["id"]
-        write_frame(replies, reply)
+        for req_id, code in batch:
+            try:
+                reply = (req_id, *worker.run(code))
+            except Exception as exc:  # a worker bug must not take the pool down with it
+                reply = (req_id, "error", None, f"sandbox worker error: {exc!r}", 0.0)
+            write_frame(replies, reply)
 
 
 if __name__ == "__main__":

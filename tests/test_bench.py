@@ -61,3 +61,40 @@ def test_hf_generate_bench_smoke(tiny_causal_dir, tmp_path, keep_threads):
         assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
     assert base["vs_baseline"] == pytest.approx(1.0)
     assert result["torch_threads"] == 1
+
+
+def test_sandbox_bench_smoke(tmp_path, capsys):
+    """bench_sandbox runs end to end on a few programs, checks every answer, and writes
+    what it prints (the real figures are in docs/BENCHMARKS.md)."""
+    from bench import bench_sandbox
+
+    out = tmp_path / "sandbox.json"
+    result = bench_sandbox.main(["--n", "40", "--baseline-n", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    sandbox = result["sandbox"]
+    assert sandbox["programs"] == 40 and sandbox["programs_per_s"] > 0
+    parts = [sandbox[f"cpu_ms_per_program_{k}"] for k in ("caller", "workers", "children")]
+    assert sandbox["cpu_ms_per_program"] == pytest.approx(sum(parts))
+    assert result["baseline_serial"]["programs"] == 2
+    assert result["speedup_vs_serial"] == pytest.approx(
+        sandbox["programs_per_s"] / result["baseline_serial"]["programs_per_s"]
+    )
+    assert "| Sandbox," in capsys.readouterr().out
+
+
+def test_sandbox_profile_sorts_samples_by_kind():
+    from bench.profile_sandbox import _classify
+
+    fork = ["copy_page_range", "dup_mmap", "copy_process", "kernel_clone", "_Fork"]
+    assert _classify(fork, True) == ("fork (clone)", None)
+    cow = ["copy_mc_enhanced_fast_string", "do_wp_page", "handle_mm_fault", "exc_page_fault"]
+    assert _classify(cow, True) == ("page fault, copy-on-write", None)
+    assert _classify(["filemap_map_pages", "exc_page_fault"], True)[0] == "page fault, other"
+    assert _classify(["do_sys_poll", "__x64_sys_poll", "do_syscall_64"], True) == (
+        "system calls",
+        "poll",
+    )
+    assert _classify(["_PyEval_EvalFrameDefault"], False) == ("user space", None)
+    assert _classify(["zap_pte_range", "exit_mmap", "do_exit", "do_group_exit"], True)[0] == (
+        "process exit"
+    )

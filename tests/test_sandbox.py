@@ -581,3 +581,113 @@ def test_large_programs_and_large_replies_do_not_deadlock_the_pipeline():
         assert not runner.is_alive(), "run_many deadlocked"
     assert [r.status for r in results] == ["error"] * 4 + ["ok"] * 4
     assert all(len(r.stderr) > 100_000 for r in results[:4])
+
+
+# --------------------------------------------------------------------------- many programs per
+# worker: batched requests, one process each, nothing carried from one program to the next
+
+
+def test_every_program_gets_its_own_random_seed(solo):
+    results = solo.run_many(["import random\nans = random.getrandbits(48)"] * 6)
+    assert all(r.ok for r in results), results
+    assert len({r.answer for r in results}) == 6
+
+
+def test_a_program_cannot_leave_state_for_the_next_one(solo):
+    plant = (
+        "import math, builtins, os, sys\nmath.leak = 42\nbuiltins.leak = 42\n"
+        "os.environ['LEAK'] = '42'\nsys.modules['leak'] = math\nleak_global = 1\nans = 1"
+    )
+    look = (
+        "import math, builtins, os, sys\n"
+        "found = [hasattr(math, 'leak'), hasattr(builtins, 'leak'), 'LEAK' in os.environ,\n"
+        "         'leak' in sys.modules, 'leak_global' in globals()]\n"
+        "print(found)\nans = sum(found)"
+    )
+    first, second = solo.run_many([plant, look])
+    assert first.ok, first
+    assert (second.status, second.answer) == ("ok", 0.0), second
+
+
+def test_each_program_runs_in_a_process_of_its_own(solo):
+    results = solo.run_many(["import os\nans = os.getpid()"] * 20)
+    assert all(r.ok for r in results), results
+    assert len({r.answer for r in results}) == 20
+
+
+def test_every_program_gets_every_limit(solo):
+    from fdd_core.sandbox import FILE_SIZE_MB, MAX_OPEN_FILES, MAX_PROCESSES
+
+    program = (
+        "import resource as r\n"
+        "ans = float(''.join(str(int(r.getrlimit(k)[1] == v)) for k, v in [\n"
+        f"    (r.RLIMIT_CPU, {CFG.cpu_s + 1}), (r.RLIMIT_AS, {CFG.memory_mb * 2**20}),\n"
+        f"    (r.RLIMIT_FSIZE, {FILE_SIZE_MB * 2**20}), (r.RLIMIT_NOFILE, {MAX_OPEN_FILES}),\n"
+        f"    (r.RLIMIT_CORE, 0), (r.RLIMIT_NPROC, {MAX_PROCESSES})]))"
+    )
+    for res in solo.run_many([program] * 3):  # the first and later programs of a worker
+        assert (res.status, res.answer) == ("ok", 111111.0), res
+
+
+def test_a_slow_or_crashing_program_in_a_batch_harms_no_other(solo, no_strays):
+    programs = [f"ans = {i}" for i in range(40)]
+    programs[5] = "while True:\n    pass"  # runs into the wall clock
+    programs[12] = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"
+    programs[20] = "import os\nif os.fork() == 0:\n    os._exit(0)\nans = 20"  # leaves a zombie
+    programs[30] = "import subprocess\nsubprocess.Popen(['sleep', '30'])\nans = 30"  # a stray
+    results = solo.run_many(programs)
+    assert results[5].status == "timeout", results[5]
+    assert results[12].status == "error" and "SIGSEGV" in results[12].stderr, results[12]
+    for i, res in enumerate(results):
+        if i not in (5, 12):
+            assert (res.status, res.answer) == ("ok", float(i)), (i, res)
+
+
+def test_when_no_worker_can_be_restarted_every_program_fails_with_the_reason(monkeypatch):
+    others = _worker_pids()
+    with Sandbox(CFG.model_copy(update={"max_workers": 1})) as sb:
+        sb.run("ans = 0")
+        [worker] = _worker_pids() - others
+
+        def refuse(index):
+            raise RuntimeError("no more processes today")
+
+        monkeypatch.setattr(sb, "_spawn", refuse)
+        os.kill(worker, 9)
+        results = sb.run_many(["import time\ntime.sleep(0.5)\nans = 1", "ans = 2", "ans = 3"])
+        assert [r.status for r in results] == ["error"] * 3, results
+        assert "worker died" in results[0].stderr or "could not" in results[0].stderr
+        assert all("no more processes today" in r.stderr for r in results[1:]), results
+
+
+def test_without_namespaces_the_fallback_still_isolates_what_it_promises(monkeypatch):
+    """Level 3 (no usable `unshare`), forced here: limits, timeout with a process-group
+    kill, a scratch folder per program and a clean environment still hold."""
+    import fdd_core.sandbox as sandbox_module
+
+    privilege = "nobody" if os.geteuid() == 0 else "none"
+    monkeypatch.setattr(sandbox_module, "_launcher", lambda _net: ((), "none", privilege))
+    before = _descendants()
+    with Sandbox(CFG.model_copy(update={"max_workers": 1})) as sb:
+        assert not sb.isolation.pid_namespace and not sb.isolation.readonly_fs
+        results = sb.run_many(
+            [
+                "ans = 6 * 7",
+                "while True:\n    pass",
+                "import subprocess\nsubprocess.Popen(['sleep', '30'])\nans = 1",
+                "import os\nopen('f', 'w').write('x')\nans = len(os.listdir('.'))",
+                "import os\nans = len(os.listdir('.'))",
+                "import resource as r\nans = r.getrlimit(r.RLIMIT_NOFILE)[1]",
+                "x = bytearray(10 ** 11)\nans = 1",
+            ]
+        )
+    assert [(r.status, r.answer) for r in results] == [
+        ("ok", 42.0),
+        ("timeout", None),
+        ("ok", 1.0),
+        ("ok", 1.0),
+        ("ok", 0.0),
+        ("ok", 64.0),
+        ("memory", None),
+    ], results
+    assert _descendants() <= before  # the background `sleep` went with its process group
