@@ -266,8 +266,12 @@ def setup_isolation(cfg: dict) -> dict:
     }
     python_paths = [p for p in [sys.prefix, sys.base_prefix, *sys.path] if p]
     # Mount changes are made only inside a mount namespace of our own: done in the host
-    # namespace, a recursive read-only would freeze the whole machine.
-    if info["mount_namespace"]:
+    # namespace, a recursive read-only would freeze the whole machine, and a tmpfs on /tmp
+    # would hide every other process's files. The namespace ids come from the caller, so
+    # also insist on being pid 1 of a new pid namespace (every launcher that unshares the
+    # mount namespace unshares the pid namespace too): a wrong id passed by hand mounts
+    # nothing.
+    if info["mount_namespace"] and info["pid_namespace"]:
         if cfg["privilege"] == "nobody":
             _expose_python(python_paths)
         info["readonly_fs"] = _mount_setattr_readonly("/")

@@ -8,10 +8,12 @@ Every test checks afterwards that nothing the programs started is still alive.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -691,3 +693,35 @@ def test_without_namespaces_the_fallback_still_isolates_what_it_promises(monkeyp
         ("memory", None),
     ], results
     assert _descendants() <= before  # the background `sleep` went with its process group
+
+
+def test_worker_mounts_nothing_unless_pid_1_of_its_own_namespaces(tmp_path):
+    """A worker started by hand with the host's namespace ids (or wrong ones) must not
+    mount tmpfs over /tmp for the whole machine. Run in a throwaway mount namespace without
+    a pid namespace, so even a regression mounts only there."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        pytest.skip("needs root and unshare to make a throwaway mount namespace")
+    from fdd_core.sandbox import _ns_ids
+
+    script = (
+        "import json, sys\n"
+        "from fdd_core import sandbox_worker\n"
+        "cfg = json.loads(sys.argv[1])\n"
+        "print(json.dumps(sandbox_worker.setup_isolation(cfg)))\n"
+    )
+    cfg = {"parent_ns": _ns_ids(), "privilege": "root", "scratch_mb": 8}
+    repo = str(Path(sandbox_worker.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [unshare, "--mount", sys.executable, "-c", script, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": repo},
+    )
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"cannot unshare a mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["mount_namespace"] and not info["pid_namespace"], info
+    assert not info["private_tmp"] and not info["readonly_fs"], info
