@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 BENCHMARK_NAMES = ("gsm8k", "svamp", "asdiv", "multiarith", "embedded")
+Strategy = Literal["fdd", "errors_only", "uniform", "complex_only", "similar_only", "none"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
 
 
 class ConfigError(ValueError):
@@ -196,6 +198,25 @@ class SynthesisConfig(Section):
     )
     max_parents_per_round: int | None = Field(
         None, ge=1, description="Cap on problems synthesized from per round (None: all)."
+    )
+    strategy: Strategy = Field(
+        "fdd",
+        description="Which graded problems new ones are written from: 'fdd' (complex variations "
+        "of easy problems, similar ones for hard), 'errors_only' (LLM2LLM: similar problems for "
+        "failed ones only), 'uniform' (random parents, fdd's mix, no feedback), 'complex_only', "
+        "'similar_only' (FDD's branches alone), 'none' (no synthesis: every round retrains on "
+        "D0). See docs/experiments.md.",
+    )
+    budget: int | None = Field(
+        None,
+        ge=0,
+        description="New problems asked of the teacher per round, spent the same way by every "
+        "strategy (None: what 'fdd' asks that round, easy * n_complex + hard * n_similar).",
+    )
+    grade_unused: bool = Field(
+        True,
+        description="Grade the student even when the strategy ignores the grade ('none'), so "
+        "every variant reports easy/hard counts; false skips that grading.",
     )
 
 

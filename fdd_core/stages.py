@@ -357,15 +357,23 @@ def synthesize_problems(
     *,
     round_index: int,
     cache: RequestCache | None = None,
+    counts: Sequence[int] | None = None,
 ) -> tuple[list[Problem], dict[str, int]]:
-    """More complex variations of easy problems, similar new problems for hard ones."""
-    if len(parents) != len(kinds):
-        raise ValueError("parents and kinds must have the same length")
+    """More complex variations of easy problems, similar new problems for hard ones.
+
+    `counts` (from a strategy's plan) says how many problems to ask of each parent; None
+    asks `n_complex` / `n_similar` of every parent.
+    """
+    if len(parents) != len(kinds) or (counts is not None and len(counts) != len(parents)):
+        raise ValueError("parents, kinds and counts must have the same length")
     stats: Counter = Counter(parents=len(parents), complex_generated=0, similar_generated=0)
     out: list[Problem] = []
-    for kind in ("complex", "similar"):
-        idx = [i for i, k in enumerate(kinds) if k == kind]
-        want = scfg.n_complex if kind == "complex" else scfg.n_similar
+    wants = [
+        (counts[i] if counts is not None else scfg.n_complex if k == "complex" else scfg.n_similar)
+        for i, k in enumerate(kinds)
+    ]
+    for kind, want in sorted({(k, w) for k, w in zip(kinds, wants)}):
+        idx = [i for i, k in enumerate(kinds) if k == kind and wants[i] == want]
         if not idx or want == 0:
             continue
         make = complex_messages if kind == "complex" else similar_messages

@@ -76,7 +76,8 @@ def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
             rounds.append(result)
             write_run_record(run_path, cfg, status="running", rounds=rounds)
             dataset, student = result.dataset, result.model or student
-            if r > 0 and result.added == 0 and cfg.rounds.stop_when_no_growth:
+            no_growth = r > 0 and result.added == 0 and cfg.synthesis.strategy != "none"
+            if no_growth and cfg.rounds.stop_when_no_growth:
                 log.info("round %d added no example: stopping early", r)
                 stopped_early = r < cfg.rounds.n_rounds
                 break
