@@ -16,7 +16,7 @@ from fdd_core.config import RunConfig
 from fdd_core.io import atomic_write_json
 from fdd_core.reports import RoundResult, round_markdown
 from fdd_core.schemas import DatasetRef, ModelRef
-from fdd_core.stages import ProblemsRef, merge_stats, stage_seed
+from fdd_core.stages import ProblemsRef, merge_stats, split_teacher_usage, stage_seed
 from fdd_core.store import read_manifest
 from fdd_core.strategies import GRADE_FREE
 from fdd_core.versioning import code_fingerprint
@@ -181,6 +181,7 @@ def fdd_round(
     )
 
     manifest = read_manifest(new_dataset)
+    stats, teacher_usage = split_teacher_usage(stats)
     result = RoundResult(
         round=round_index,
         dataset=new_dataset,
@@ -190,6 +191,7 @@ def fdd_round(
         stats=stats,
         dropped=dropped,
         metrics=metrics,
+        teacher_usage=teacher_usage,
     )
     atomic_write_json(
         Path(run_dir) / f"round-{round_index}" / "summary.json", result.model_dump(mode="json")
