@@ -374,6 +374,12 @@ class StorageConfig(Section):
         description="Where Prefect persists task results: a folder or fsspec URL "
         "(None: <run folder>/prefect-results).",
     )
+    shared_round0: str | None = Field(
+        None,
+        description="Folder where round 0 is computed once for every run whose round-0 inputs "
+        "are the same (runs that differ only in synthesis.* or rounds.*); `fdd sweep` sets it "
+        "to <experiment>/shared. None: round 0 lives in the run folder.",
+    )
 
 
 class RunConfig(Section):
