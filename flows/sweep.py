@@ -27,6 +27,7 @@ from fdd_core.config import RunConfig
 from fdd_core.experiments import (
     Experiment,
     SweepSpec,
+    Variant,
     finish_status,
     prepare_experiment,
     round0_config,
@@ -102,7 +103,9 @@ def fdd_sweep(spec: SweepSpec, experiment_dir: str, name: str) -> Experiment:
         sum(v.status == "failed" for v in exp.variants),
     )
     configs = {
-        v.name: variant_config(spec, v, exp.dir)  # type: ignore[arg-type]
+        v.name: variant_config(
+            spec, Variant(name=v.name, overrides=v.overrides, seed=v.seed), exp.dir
+        )
         for v in pending
     }
     # Phase 1: shared round 0, once per group that a pending variant needs.

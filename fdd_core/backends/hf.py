@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from fdd_core.backends.base import Completion, Prompt, SamplingParams, derive_seed
-from fdd_core.models import ModelNotFoundError, hub_error, resolve_model
+from fdd_core.models import MODEL_LOAD_LOCK, ModelNotFoundError, hub_error, resolve_model
 from fdd_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ def load_model(
             tok_source = adapter_dir  # an adapter may ship its own (e.g. extended) tokenizer
         tokenizer = AutoTokenizer.from_pretrained(tok_source)
         cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        net = cls.from_pretrained(source, dtype=torch_dtype)
+        with MODEL_LOAD_LOCK:
+            net = cls.from_pretrained(source, dtype=torch_dtype)
     except OSError as exc:
         if Path(source).is_dir():
             raise ModelNotFoundError(f"could not load the checkpoint in {source}: {exc}") from exc
@@ -205,7 +206,8 @@ def load_model(
         except ImportError as exc:
             raise ImportError(f"loading a LoRA adapter needs peft: {INSTALL_HINT}") from exc
         # Merging the LoRA deltas into the base weights makes inference as fast as the base.
-        net = PeftModel.from_pretrained(net, adapter_dir).merge_and_unload()
+        with MODEL_LOAD_LOCK:
+            net = PeftModel.from_pretrained(net, adapter_dir).merge_and_unload()
     net.to(dev)
     net.eval()
     if tokenizer.pad_token_id is None:
