@@ -109,6 +109,12 @@ def load_entries(paths: list[str | Path]) -> tuple[list[RunEntry], list[dict[str
     return entries, shared
 
 
+def _mean(values) -> float | int:
+    """The mean, as an int when it is whole (counts read better that way)."""
+    m = statistics.fmean(values)
+    return int(m) if m.is_integer() else m
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -166,14 +172,14 @@ class Comparison(BaseModel):
                     mean, sd = _mean_sd(vals)
                     row[f"acc:{b}"] = round(mean, 4)
                     row[f"sd:{b}"] = round(sd, 4)
-                row["examples"] = statistics.fmean(x["dataset"]["n_rows"] for x in recs)
+                row["examples"] = _mean(x["dataset"]["n_rows"] for x in recs)
                 for origin in ("original", "complex", "similar"):
-                    row[origin] = statistics.fmean(
+                    row[origin] = _mean(
                         (x.get("counts_by_origin") or {}).get(origin, 0) for x in recs
                     )
                 usage = [round_usage(x) for x in recs]
                 for k in USAGE_KEYS:
-                    row[f"teacher_{k}"] = statistics.fmean(u[k] for u in usage)
+                    row[f"teacher_{k}"] = _mean(u[k] for u in usage)
                 rows.append(row)
         return rows
 
@@ -187,12 +193,10 @@ class Comparison(BaseModel):
                 mean, sd = _mean_sd([v for v in vals if v is not None])
                 row[f"acc:{b}"] = round(mean, 4)
                 row[f"sd:{b}"] = round(sd, 4)
-            row["rounds"] = statistics.fmean(len(e.rounds) for e in runs)
-            row["examples"] = statistics.fmean(e.rounds[-1]["dataset"]["n_rows"] for e in runs)
+            row["rounds"] = _mean(len(e.rounds) for e in runs)
+            row["examples"] = _mean(e.rounds[-1]["dataset"]["n_rows"] for e in runs)
             for k in ("requests", "completion_tokens"):
-                row[f"teacher_{k}"] = statistics.fmean(
-                    sum(round_usage(x)[k] for x in e.rounds) for e in runs
-                )
+                row[f"teacher_{k}"] = _mean(sum(round_usage(x)[k] for x in e.rounds) for e in runs)
             rows.append(row)
         return rows
 
@@ -319,6 +323,7 @@ def plot_accuracy_by_round(c: Comparison, path: Path) -> Path | None:
                 label=variant,
             )
         ax.set_title(b)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("round")
         ax.set_ylabel("accuracy")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -348,6 +353,7 @@ def plot_accuracy_by_paths(c: Comparison, path: Path) -> Path | None:
                 label=series,
             )
         ax.set_title(f"{b}: last round")
+        ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("reasoning paths per problem (teacher.n_samples)")
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
