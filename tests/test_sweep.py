@@ -215,3 +215,20 @@ def test_compare_table_equals_the_run_records_and_plots_decode(sweep, tmp_path):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
     assert "experiment-strategies-table" in keys and "experiment-strategies-compare" in keys
+
+
+def test_a_variant_failing_at_run_time_is_a_recorded_value(harness, tmp_path):  # noqa: F811
+    """The sweep's runner turns a subflow's exception into a failed outcome (no crash)."""
+    from fdd_core.config import RunConfig
+    from flows.sweep import run_one
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"train": [{"name": "jsonl", "path": str(tmp_path / "missing.jsonl")}]},
+            "storage": {"root": str(tmp_path), "run_name": "broken"},
+        }
+    )
+    outcome = run_one(label="broken", config=cfg, run_dir=str(tmp_path / "broken"), deployment=None)
+    assert outcome["status"] == "failed" and "missing.jsonl" in outcome["error"]
+    record = json.loads((tmp_path / "broken" / "run.json").read_text())
+    assert record["status"] == "failed"
