@@ -232,6 +232,7 @@ class VariantRecord(BaseModel):
     seed: int | None = None
     run_dir: str | None = None
     round0_key: str | None = None
+    config_hash: str | None = None
     status: str = "pending"  # pending | running | completed | failed
     error: str | None = None
     attempts: int = 0
@@ -298,9 +299,9 @@ def run_is_complete(run_dir: str | None) -> bool:
 def prepare_experiment(spec: SweepSpec, experiment_dir: str | Path, name: str) -> Experiment:
     """Merge the sweep into the experiment folder's record (new or existing).
 
-    Variants already completed (record and run.json agree) keep their record and are not
-    run again; every other variant is (re)set to pending. A variant whose config does not
-    validate is marked failed with the error and never stops the others.
+    Variants already completed (record and run.json agree, same config) keep their record
+    and are not run again; every other variant is (re)set to pending. A variant whose
+    config does not validate is marked failed with the error and never stops the others.
     """
     folder = Path(experiment_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -328,8 +329,10 @@ def prepare_experiment(spec: SweepSpec, experiment_dir: str | Path, name: str) -
             rec.round0_key, SharedRecord(key=rec.round0_key, run_dir=str(shared))
         )
         group.variants.append(variant.name)
-        if not (rec.status == "completed" and run_is_complete(rec.run_dir)):
+        same_config = rec.config_hash == cfg.config_hash()
+        if not (rec.status == "completed" and same_config and run_is_complete(rec.run_dir)):
             rec.status, rec.error = "pending", None
+        rec.config_hash = cfg.config_hash()
         records.append(rec)
     old_groups = {g.key: g for g in exp.shared_round0}
     for key, group in groups.items():

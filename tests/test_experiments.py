@@ -105,6 +105,17 @@ def test_prepare_groups_round0_marks_bad_configs_and_reruns_only_what_is_missing
         "strategy-fdd_seed-1",
         "strategy-uniform_seed-1",
     }
+    # The same variant with a changed config (a new --set) is run again.
+    changed = spec.model_copy(update={"overrides": ["rounds.n_rounds=3"]})
+    assert "strategy-fdd_seed-0" in {
+        v.name for v in to_run(prepare_experiment(changed, tmp_path, "e"))
+    }
+    again = prepare_experiment(spec, tmp_path, "e")
+    again.variant("strategy-fdd_seed-0").status = "completed"
+    again.save()
+    assert "strategy-fdd_seed-0" not in {
+        v.name for v in to_run(prepare_experiment(spec, tmp_path, "e"))
+    }
     # A record that says completed while its run.json does not is run again.
     (run_dir / "run.json").write_text(json.dumps({"status": "failed"}))
     assert "strategy-fdd_seed-0" in {
