@@ -29,6 +29,9 @@ from fdd_core.backends.configs import EMBEDDED_MODEL as EMBEDDED_MODEL
 from fdd_core.backends.configs import HFConfig, ModelConfig, OpenAIConfig, VLLMConfig
 from fdd_core.backends.configs import InProcessConfig as InProcessConfig
 
+Strategy = Literal["fdd", "errors_only", "uniform", "complex_only", "similar_only", "none"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+
 
 class ConfigError(ValueError):
     """A configuration problem a user can fix; the message says where and how."""
@@ -178,6 +181,25 @@ class SynthesisConfig(Section):
     )
     max_parents_per_round: int | None = Field(
         None, ge=1, description="Cap on problems synthesized from per round (None: all)."
+    )
+    strategy: Strategy = Field(
+        "fdd",
+        description="Which graded problems new ones are written from: 'fdd' (complex variations "
+        "of easy problems, similar ones for hard), 'errors_only' (LLM2LLM: similar problems for "
+        "failed ones only), 'uniform' (random parents, fdd's mix, no feedback), 'complex_only', "
+        "'similar_only' (FDD's branches alone), 'none' (no synthesis: every round retrains on "
+        "D0). See docs/experiments.md.",
+    )
+    budget: int | None = Field(
+        None,
+        ge=0,
+        description="New problems asked of the teacher per round, spent the same way by every "
+        "strategy (None: what 'fdd' asks that round, easy * n_complex + hard * n_similar).",
+    )
+    grade_unused: bool = Field(
+        True,
+        description="Grade the student even when the strategy ignores the grade ('none'), so "
+        "every variant reports easy/hard counts; false skips that grading.",
     )
 
 
@@ -351,6 +373,12 @@ class StorageConfig(Section):
         None,
         description="Where Prefect persists task results: a folder or fsspec URL "
         "(None: <run folder>/prefect-results).",
+    )
+    shared_round0: str | None = Field(
+        None,
+        description="Folder where round 0 is computed once for every run whose round-0 inputs "
+        "are the same (runs that differ only in synthesis.* or rounds.*); `fdd sweep` sets it "
+        "to <experiment>/shared. None: round 0 lives in the run folder.",
     )
 
 

@@ -15,10 +15,16 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
 from fdd_core.config import EMBEDDED_MODEL
+
+# transformers' from_pretrained builds models under process-global init contexts (meta
+# device): two threads loading at once (variants of a sweep run side by side) can leave
+# meta tensors in each other's models. Every in-process load takes this lock.
+MODEL_LOAD_LOCK = threading.RLock()
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,9 @@ class RoundResult(BaseModel):
     stats: dict[str, dict[str, int]] = Field(default_factory=dict)
     dropped: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per stage ("rationales", "synthesize", "label"): requests, prompt_tokens,
+    # completion_tokens, cache_hits (request-cache hits). Prompts, not HTTP retries.
+    teacher_usage: dict[str, dict[str, int]] = Field(default_factory=dict)
 
     def accuracy(self) -> dict[str, float]:
         return {k: float(v.get("accuracy", 0.0)) for k, v in self.metrics.items()}

@@ -118,6 +118,37 @@ def merge_stats(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
+TEACHER_PREFIX = "teacher:"
+
+
+def _add_usage(stats: Counter, usage: dict[str, int]) -> None:
+    """A stage's teacher usage rides in its counters as `teacher:<key>` (merged per shard)."""
+    for key, value in usage.items():
+        stats[TEACHER_PREFIX + key] += value
+
+
+def split_teacher_usage(
+    stats: dict[str, dict[str, int]],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(stage counters without the teacher's, teacher usage per stage) of a round.
+
+    The usage per stage has the keys of `cache.USAGE_KEYS`: requests, prompt_tokens,
+    completion_tokens, cache_hits. Stages that did not call the teacher are left out.
+    """
+    from fdd_core.backends.cache import USAGE_KEYS
+
+    plain: dict[str, dict[str, int]] = {}
+    usage: dict[str, dict[str, int]] = {}
+    for stage, counts in stats.items():
+        plain[stage] = {k: v for k, v in counts.items() if not k.startswith(TEACHER_PREFIX)}
+        got = {
+            k[len(TEACHER_PREFIX) :]: v for k, v in counts.items() if k.startswith(TEACHER_PREFIX)
+        }
+        if got:
+            usage[stage] = {k: int(got.get(k, 0)) for k in USAGE_KEYS}
+    return plain, usage
+
+
 def _teacher_params(
     tcfg: TeacherConfig, n: int, max_tokens: int, seed: int, stop: tuple[str, ...] = ()
 ) -> SamplingParams:
@@ -205,13 +236,16 @@ def _teacher_programs(
     params = _teacher_params(
         tcfg, n, tcfg.max_tokens, stage_seed(tcfg.seed, stage, round_index), _program_stop(tcfg)
     )
+    usage: dict[str, int] = {}
     outs = cached_generate(
         teacher,
         _program_prompts(problems, tcfg),
         params,
         cache=cache,
         prompt_version=f"{template.version}/{tcfg.prompt_style}",
+        usage=usage,
     )
+    _add_usage(stats, usage)
     return _parse_and_run(_program_outputs(outs, tcfg), sandbox, stats), params.n
 
 
@@ -357,15 +391,23 @@ def synthesize_problems(
     *,
     round_index: int,
     cache: RequestCache | None = None,
+    counts: Sequence[int] | None = None,
 ) -> tuple[list[Problem], dict[str, int]]:
-    """More complex variations of easy problems, similar new problems for hard ones."""
-    if len(parents) != len(kinds):
-        raise ValueError("parents and kinds must have the same length")
+    """More complex variations of easy problems, similar new problems for hard ones.
+
+    `counts` (from a strategy's plan) says how many problems to ask of each parent; None
+    asks `n_complex` / `n_similar` of every parent.
+    """
+    if len(parents) != len(kinds) or (counts is not None and len(counts) != len(parents)):
+        raise ValueError("parents, kinds and counts must have the same length")
     stats: Counter = Counter(parents=len(parents), complex_generated=0, similar_generated=0)
     out: list[Problem] = []
-    for kind in ("complex", "similar"):
-        idx = [i for i, k in enumerate(kinds) if k == kind]
-        want = scfg.n_complex if kind == "complex" else scfg.n_similar
+    wants = [
+        (counts[i] if counts is not None else scfg.n_complex if k == "complex" else scfg.n_similar)
+        for i, k in enumerate(kinds)
+    ]
+    for kind, want in sorted({(k, w) for k, w in zip(kinds, wants)}):
+        idx = [i for i, k in enumerate(kinds) if k == kind and wants[i] == want]
         if not idx or want == 0:
             continue
         make = complex_messages if kind == "complex" else similar_messages
@@ -373,13 +415,16 @@ def synthesize_problems(
         params = _teacher_params(
             tcfg, 1, scfg.max_tokens, stage_seed(tcfg.seed, f"synth-{kind}", round_index)
         )
+        usage: dict[str, int] = {}
         outs = cached_generate(
             teacher,
             [make(parents[i].question, want) for i in idx],
             params,
             cache=cache,
             prompt_version=template.version,
+            usage=usage,
         )
+        _add_usage(stats, usage)
         for i, samples in zip(idx, outs):
             parent = parents[i]
             stats[f"{kind}_prompts"] += 1
@@ -529,6 +574,7 @@ __all__ = [
     "read_problems",
     "save_shard",
     "shard_bounds",
+    "split_teacher_usage",
     "stage_seed",
     "synthesize_problems",
     "write_problems",

@@ -45,7 +45,7 @@ from typing import Any, Literal
 from fdd_core import __version__ as FDD_VERSION
 from fdd_core.config import ModelConfig, TrainingConfig
 from fdd_core.io import atomic_write_json
-from fdd_core.models import peft_quietly, resolve_model
+from fdd_core.models import MODEL_LOAD_LOCK, peft_quietly, resolve_model
 from fdd_core.progress import progress_enabled
 from fdd_core.prompts import STUDENT_PROMPT_VERSION, student_prompt
 from fdd_core.schemas import Example, ModelRef
@@ -185,7 +185,8 @@ def _load_base(path: str) -> tuple[Any, Any, bool]:
     seq2seq = _is_seq2seq(path)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     # fp32 master weights; bf16 comes from autocast on CUDA (mixed precision).
-    model = cls.from_pretrained(path, dtype="float32")
+    with MODEL_LOAD_LOCK:
+        model = cls.from_pretrained(path, dtype="float32")
     return model, tokenizer, seq2seq
 
 
@@ -661,12 +662,13 @@ def load_student(
     ref = ref_or_path if isinstance(ref_or_path, ModelRef) else read_model_ref(ref_or_path)
     base_path = resolve_model(ref.base_model, cache_dir) if ref.adapter else ref.path
     cls = AutoModelForSeq2SeqLM if _is_seq2seq(base_path) else AutoModelForCausalLM
-    model = cls.from_pretrained(base_path, dtype="float32")
-    if ref.adapter:
-        from peft import PeftModel
+    with MODEL_LOAD_LOCK:
+        model = cls.from_pretrained(base_path, dtype="float32")
+        if ref.adapter:
+            from peft import PeftModel
 
-        with peft_quietly():
-            model = PeftModel.from_pretrained(model, ref.path)
+            with peft_quietly():
+                model = PeftModel.from_pretrained(model, ref.path)
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -24,6 +24,7 @@ from prefect.exceptions import TerminationSignal
 
 from fdd_core import runlock
 from fdd_core.config import RunConfig
+from fdd_core.experiments import round0_config, shared_round0_dir
 from fdd_core.reports import (
     DistillResult,
     RoundResult,
@@ -153,21 +154,24 @@ def _distill(state: _RunState, log) -> DistillResult:
     run_name = run_path.name
     write_run_record(run_path, cfg, status="running", rounds=rounds)
     try:
+        # Round 0 (and the originals it reads) may live in a folder shared with other runs.
+        shared = shared_round0_dir(cfg)
+        r0_path, r0_cfg = (shared, round0_config(cfg)) if shared else (run_path, cfg)
         store = result_storage(cfg.storage, run_path)
         if isinstance(store, Path):  # a resumed run: damaged results are recomputed, loudly
             check_result_files(store, log)
         fingerprint = "|".join(file_fingerprint(s.path) for s in cfg.data.train)
-        originals = load_problems.with_options(**task_options(cfg, str(run_path)))(
-            cfg.data, str(run_path), fingerprint, code_fingerprint()
+        originals = load_problems.with_options(**task_options(r0_cfg, str(r0_path)))(
+            cfg.data, str(r0_path), fingerprint, code_fingerprint()
         )
         log.info("run folder %s: %d original problems", run_path, originals.n)
         round_flow = fdd_round.with_options(task_runner=make_task_runner(cfg.orchestration))
         dataset, student, stopped_early = None, None, False
         for r in range(cfg.rounds.n_rounds + 1):
             result = round_flow(
-                config=cfg,
+                config=r0_cfg if r == 0 else cfg,
                 round_index=r,
-                run_dir=str(run_path),
+                run_dir=str(r0_path if r == 0 else run_path),
                 run_name=run_name,
                 originals=originals,
                 dataset=dataset,
@@ -176,7 +180,8 @@ def _distill(state: _RunState, log) -> DistillResult:
             rounds.append(result)
             write_run_record(run_path, cfg, status="running", rounds=rounds)
             dataset, student = result.dataset, result.model or student
-            if r > 0 and result.added == 0 and cfg.rounds.stop_when_no_growth:
+            no_growth = r > 0 and result.added == 0 and cfg.synthesis.strategy != "none"
+            if no_growth and cfg.rounds.stop_when_no_growth:
                 log.info("round %d added no example: stopping early", r)
                 stopped_early = r < cfg.rounds.n_rounds
                 break

@@ -16,17 +16,18 @@ from fdd_core.config import RunConfig
 from fdd_core.io import atomic_write_json
 from fdd_core.reports import RoundResult, round_markdown
 from fdd_core.schemas import DatasetRef, ModelRef
-from fdd_core.stages import ProblemsRef, merge_stats
+from fdd_core.stages import ProblemsRef, merge_stats, split_teacher_usage, stage_seed
 from fdd_core.store import read_manifest
+from fdd_core.strategies import GRADE_FREE
 from fdd_core.versioning import code_fingerprint
 from flows.common import artifact_key, model_on_gpu, run_mapped, task_options, teacher_on_gpu
 from tasks.benchmark import benchmark_task
 from tasks.filter import filter_candidates
-from tasks.grade import grade_shard, split_easy_hard
+from tasks.grade import grade_shard
 from tasks.grow import grow_dataset
 from tasks.label import label_shard
 from tasks.rationales import rationale_shard
-from tasks.synthesize import synthesize_shard
+from tasks.synthesize import plan_synthesis_task, synthesize_shard
 from tasks.train import train_student_task
 
 
@@ -92,40 +93,53 @@ def fdd_round(
             pool = grading_pool_task.with_options(**plain_opts)(
                 originals, dataset, run_dir, round_index, cv
             )
-        graded = run_mapped(
-            grade_shard.with_options(**task_options(cfg, run_dir, retry=True, gpu=gpu_student)),
-            pool.n,
-            shard,
-            lambda i, b: dict(
-                problems=pool,
-                shard_index=i,
-                bounds=b,
-                student_model=student,
-                student=cfg.student,
-                rounds=cfg.rounds,
-                sandbox=cfg.sandbox,
-                **common,
-            ),
-            label="grade",
-            progress_key=artifact_key(run_name, f"r{round_index}-grade-progress"),
+        graded = []
+        if cfg.synthesis.grade_unused or cfg.synthesis.strategy not in GRADE_FREE:
+            graded = run_mapped(
+                grade_shard.with_options(**task_options(cfg, run_dir, retry=True, gpu=gpu_student)),
+                pool.n,
+                shard,
+                lambda i, b: dict(
+                    problems=pool,
+                    shard_index=i,
+                    bounds=b,
+                    student_model=student,
+                    student=cfg.student,
+                    rounds=cfg.rounds,
+                    sandbox=cfg.sandbox,
+                    **common,
+                ),
+                label="grade",
+                progress_key=artifact_key(run_name, f"r{round_index}-grade-progress"),
+            )
+            stats["grade"] = merge_stats(s.stats for s in graded)
+        plan = plan_synthesis_task.with_options(**plain_opts)(
+            pool,
+            graded,
+            cfg.synthesis,
+            stage_seed(cfg.teacher.seed, "plan", round_index),
+            run_dir,
+            round_index,
+            cv,
         )
-        stats["grade"] = merge_stats(s.stats for s in graded)
-        easy, hard = split_easy_hard.with_options(**plain_opts)(
-            pool, graded, cfg.synthesis.max_parents_per_round, run_dir, round_index, cv
-        )
+        stats["plan"] = plan.stats
         synth = []
-        for kind, parents in (("complex", easy), ("similar", hard)):
+        for kind, parents, counts in (
+            ("complex", plan.complex, plan.complex_counts),
+            ("similar", plan.similar, plan.similar_counts),
+        ):
             synth += run_mapped(
                 synthesize_shard.with_options(**gen_opts),
                 parents.n,
                 shard,
-                lambda i, b, parents=parents, kind=kind: dict(
+                lambda i, b, parents=parents, kind=kind, counts=counts: dict(
                     parents=parents,
                     kind=kind,
                     shard_index=i,
                     bounds=b,
                     teacher=cfg.teacher,
                     synthesis=cfg.synthesis,
+                    counts=counts[b[0] : b[1]],
                     **common,
                 ),
                 label=f"synthesize {kind}",
@@ -174,6 +188,7 @@ def fdd_round(
     )
 
     manifest = read_manifest(new_dataset)
+    stats, teacher_usage = split_teacher_usage(stats)
     result = RoundResult(
         round=round_index,
         dataset=new_dataset,
@@ -183,6 +198,7 @@ def fdd_round(
         stats=stats,
         dropped=dropped,
         metrics=metrics,
+        teacher_usage=teacher_usage,
     )
     atomic_write_json(
         Path(run_dir) / f"round-{round_index}" / "summary.json", result.model_dump(mode="json")

@@ -18,7 +18,7 @@ from fdd_core.store import write_version
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "fdd", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("run", "runs", "data", "config", "eval", "deploy", "setup"):
+    for command in ("run", "runs", "data", "config", "eval", "deploy", "setup", "sweep", "compare"):
         assert command in out.stdout
 
 

@@ -176,6 +176,7 @@ def cached_generate(
     *,
     cache: RequestCache | None,
     prompt_version: str = "",
+    usage: dict[str, int] | None = None,
 ) -> list[list[Completion]]:
     """`backend.generate` with a per-prompt request cache in front of it.
 
@@ -184,12 +185,15 @@ def cached_generate(
     Without a cache, or for an uncacheable (unseeded sampled) request, it is a plain call.
     Completions whose finish_reason is "error" are returned but not stored, so a failed
     request is retried next time.
+
+    `usage`, when given, is a counter this call adds to (see `count_usage`): prompts sent to
+    the backend, their prompt and completion tokens, and prompts served from the cache.
     """
     if cache is None or not prompts:
-        return backend.generate(prompts, params)
+        return count_usage(usage, backend.generate(prompts, params))
     keys = [request_key(backend.name, backend.model_id, prompt_version, p, params) for p in prompts]
     if keys[0] is None:  # the params alone decide cacheability: all or none
-        return backend.generate(prompts, params)
+        return count_usage(usage, backend.generate(prompts, params))
     results: list[list[Completion] | None] = [None] * len(prompts)
     todo: dict[str, list[int]] = {}  # key -> every position holding that prompt
     for i, key in enumerate(keys):
@@ -199,6 +203,8 @@ def cached_generate(
         hit = cache.get(key)
         if hit is not None and len(hit) == params.n:
             results[i] = hit
+            if usage is not None:
+                usage["cache_hits"] = usage.get("cache_hits", 0) + 1
         else:
             todo[key] = [i]
     if todo:
@@ -219,4 +225,30 @@ def cached_generate(
                 cache.put(key, completions, meta=meta)
             for i in todo[key]:
                 results[i] = completions
+        count_usage(usage, generated)
     return results  # type: ignore[return-value]
+
+
+USAGE_KEYS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")
+
+
+def count_usage(
+    usage: dict[str, int] | None, generated: list[list[Completion]]
+) -> list[list[Completion]]:
+    """Add what the backend was asked for to `usage`; returns `generated` unchanged.
+
+    One request per prompt (asking its n samples); its prompt tokens are counted once (the
+    backends repeat a request's prompt tokens on each of its completions), its completion
+    tokens summed over the samples. A backend that falls back to one request per sample
+    pays the prompt n times; that extra is not seen here.
+    """
+    if usage is None:
+        return generated
+    for key in USAGE_KEYS:
+        usage.setdefault(key, 0)
+    for samples in generated:
+        usage["requests"] += 1
+        if samples:
+            usage["prompt_tokens"] += max(c.prompt_tokens for c in samples)
+            usage["completion_tokens"] += sum(c.completion_tokens for c in samples)
+    return generated

@@ -9,7 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fdd_core.models import ModelNotFoundError, hub_error, peft_quietly, resolve_model
+from fdd_core.models import (
+    MODEL_LOAD_LOCK,
+    ModelNotFoundError,
+    hub_error,
+    peft_quietly,
+    resolve_model,
+)
 
 INSTALL_HINT = "pip install 'fdd[train]'  (torch, transformers, peft)"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -146,7 +152,8 @@ def load_model(
             tok_source = adapter_dir  # an adapter may ship its own (e.g. extended) tokenizer
         tokenizer = AutoTokenizer.from_pretrained(tok_source)
         cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        net = cls.from_pretrained(source, dtype=torch_dtype)
+        with MODEL_LOAD_LOCK:  # concurrent loads in threads can meet meta tensors
+            net = cls.from_pretrained(source, dtype=torch_dtype)
     except OSError as exc:
         if Path(source).is_dir():
             raise ModelNotFoundError(f"could not load the checkpoint in {source}: {exc}") from exc
@@ -157,7 +164,7 @@ def load_model(
         except ImportError as exc:
             raise ImportError(f"loading a LoRA adapter needs peft: {INSTALL_HINT}") from exc
         # Merging the LoRA deltas into the base weights makes inference as fast as the base.
-        with peft_quietly():  # peft reads a deprecated transformers property
+        with MODEL_LOAD_LOCK, peft_quietly():  # peft reads a deprecated transformers property
             net = PeftModel.from_pretrained(net, adapter_dir).merge_and_unload()
     net.to(dev)
     net.eval()
