@@ -30,6 +30,10 @@ class RoundResult(BaseModel):
     stats: dict[str, dict[str, int]] = Field(default_factory=dict)
     dropped: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Added for the run report (fdd_core.report); optional so older records still load.
+    base_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    wall_time_s: dict[str, float] = Field(default_factory=dict)
+    gpu_stages: list[str] = Field(default_factory=list)
 
     def accuracy(self) -> dict[str, float]:
         return {k: float(v.get("accuracy", 0.0)) for k, v in self.metrics.items()}

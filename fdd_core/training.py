@@ -489,6 +489,7 @@ def train_student(
         "epochs": round(batches_done / max(1, len(plan)), 4),
         "final_loss": history[-1],
         "loss_history": _summarize(history),
+        "loss_per_step": [round(x, 6) for x in history],  # the run report's training curve
         "wall_time_s": round(time.perf_counter() - started, 3),
         "train_time_s": round(train_time, 3),
         "train_cpu_s": round(train_cpu, 3),  # CPU time of this process (all its threads)
