@@ -5,7 +5,7 @@ Layout under the run folder (every file written atomically, fdd_core.io)::
     records/
       reference_leakage.jsonl        the original training questions' leakage scores
       round_<r>/
-        funnel.json                  the round's funnel: ordered (step, count) pairs
+        funnel.json                  the round's funnel: ordered [step, count] pairs
         timings.jsonl                one line per execution of the round: wall time per stage
         candidates.jsonl             every generated question: parent, filter verdict, leakage
         verdicts/shard-<i>.jsonl     every labelled question: programs, vote, accepted/reason
@@ -90,7 +90,9 @@ def funnel_steps(
 
 
 def write_funnel(run_dir: str | Path, round_index: int, steps: list[dict[str, Any]]) -> Path:
-    return atomic_write_json(round_records_dir(run_dir, round_index) / "funnel.json", steps)
+    # A list of [step, count] pairs keeps the order (objects are written with sorted keys).
+    pairs = [[s["step"], s["count"]] for s in steps]
+    return atomic_write_json(round_records_dir(run_dir, round_index) / "funnel.json", pairs)
 
 
 # --------------------------------------------------------------------------- timings
@@ -126,7 +128,8 @@ def append_timings(
     rows.append(
         {
             "started_at": round(clock.started_at, 3),
-            "wall_time_s": dict(clock.stages),
+            # Pairs, in the order the stages ran (JSON objects are written with sorted keys).
+            "stages": [[stage, secs] for stage, secs in clock.stages.items()],
             "gpu_stages": sorted(s for s in gpu_stages if s in clock.stages),
             "gpus": gpus,
         }
@@ -166,7 +169,11 @@ def read_round_records(run_dir: str | Path, round_index: int) -> dict[str, Any]:
     funnel = folder / "funnel.json"
     verdict_files = sorted((folder / "verdicts").glob("shard-*.jsonl"))
     return {
-        "funnel": json.loads(funnel.read_text()) if funnel.is_file() else None,
+        "funnel": (
+            [{"step": s, "count": n} for s, n in json.loads(funnel.read_text())]
+            if funnel.is_file()
+            else None
+        ),
         "timings": _read_optional_jsonl(folder / "timings.jsonl"),
         "candidates": _read_optional_jsonl(folder / "candidates.jsonl"),
         "verdicts": [r for f in verdict_files for r in read_jsonl(f)] if verdict_files else None,

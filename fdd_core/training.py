@@ -389,6 +389,11 @@ def train_student(
     )
     history: list[float] = []
     tokens_seen = padded_tokens = target_tokens = 0
+    tracker = None
+    if accelerator.is_main_process and cfg.report_to != "none":
+        from fdd_core.trackers import start_tracker
+
+        tracker = start_tracker(cfg.report_to, out_dir, cfg.model_dump(mode="json"))
     step, epoch, batches_done = 0, 0, 0
     loop_start, loop_cpu = time.perf_counter(), time.process_time()
     log.info(
@@ -452,6 +457,8 @@ def train_student(
                 target_tokens += step_targets
                 lr = scheduler.get_last_lr()[0]
                 _report(bar, step, total_steps, loss, lr, log_every, tokens_seen, loop_start)
+                if tracker is not None:
+                    tracker.log({"train/loss": loss, "train/lr": lr}, step=step)
                 if on_step is not None and accelerator.is_main_process:
                     on_step(
                         TrainState(
@@ -468,6 +475,8 @@ def train_student(
     finally:
         if bar is not None:
             bar.close()
+        if tracker is not None:
+            tracker.finish()
     train_time = time.perf_counter() - loop_start
     train_cpu = time.process_time() - loop_cpu
 
