@@ -138,3 +138,20 @@ def test_push_to_hub_without_network_is_a_clear_error(versions, tmp_path, monkey
     assert secret not in str(err.value)
     assert secret not in json.dumps([p.read_text() for p in out.glob("*.json")])
     assert secret not in dataset_card(versions[0])
+
+
+def test_cli_data_export(versions, tmp_path, capsys):
+    from datasets import load_dataset
+
+    from fdd.cli import main
+
+    _, v1 = versions
+    root = str(tmp_path / "run")
+    out = tmp_path / "cli-export"
+    assert main(["data", "export", v1.version_id[:8], str(out), "--root", root]) == 0
+    assert str(out.resolve()) in capsys.readouterr().out
+    ds = load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert ds.num_rows == v1.n_rows
+    # An existing, non-empty folder is refused with the CLI's error exit, untouched.
+    assert main(["data", "export", v1.version_id[:8], str(out), "--root", root]) == 2
+    assert "not an empty folder" in capsys.readouterr().err

@@ -303,7 +303,7 @@ def test_chromium_renders_the_report_with_its_plots(finished_run, tmp_path):
 
     with Image.open(shot) as img:
         assert img.size == (1200, 1600)
-        colors = dict((c, n) for n, c in img.convert("RGB").getcolors(maxcolors=1 << 22))
+        colors = {c: n for n, c in img.convert("RGB").getcolors(maxcolors=1 << 22)}
     # The first screen shows the accuracy plot (its line and markers in matplotlib's
     # tab:blue) and round 0's funnel, whose bars fill large areas in the funnel colour.
     assert colors.get((31, 119, 180), 0) > 50
