@@ -213,7 +213,8 @@ def _cost(data: D.RunData, fig: FigureCache) -> Section:
             "cache adds an execution but keeps these numbers)."
         )
         s.tables.append(("wall_time", timing))
-        s.figures.append(("wall_time", fig("wall_time", plots.timing_plot, timing)))
+        drawn = [{k: r[k] for k in ("round", "stage", "wall s")} for r in timing]
+        s.figures.append(("wall_time", fig("wall_time", plots.timing_plot, drawn)))
         gpu = sum(r["gpu s"] for r in timing)
         s.text.append(
             f"Device time: {gpu:.1f} GPU-seconds." if gpu else "Device time: no GPU was used."
