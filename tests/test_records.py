@@ -63,3 +63,53 @@ def test_timings_append_one_line_per_execution_in_stage_order(tmp_path):
     assert [s for s, _ in first["stages"]] == ["synthesize", "filter", "label"]
     assert first["gpu_stages"] == ["label"] and first["gpus"] == 2
     assert rec["candidates"] is None and rec["verdicts"] is None  # not written: None
+
+
+def _round(r: int, acc: float, usage: dict | None) -> dict:
+    out = {
+        "round": r,
+        "dataset": {"path": "/nonexistent", "version_id": f"v{r}", "n_rows": 10 * (r + 1)},
+        "added": 10,
+        "counts_by_origin": {"original": 10, "similar": 10 * r},
+        "metrics": {"gsm8k": {"accuracy": acc, "correct": int(acc * 100), "n": 100}},
+    }
+    if usage is not None:
+        out["teacher_usage"] = usage
+    return out
+
+
+def test_report_reads_teacher_usage_when_recorded_and_says_not_recorded_otherwise(tmp_path):
+    """The contract with the experiments issue: RoundResult.teacher_usage per stage."""
+    import json
+
+    from fdd_core.report import build_report
+
+    usage0 = {"rationales": {"requests": 5, "prompt_tokens": 1000, "completion_tokens": 500}}
+    usage1 = {
+        "synthesize": {"requests": 2, "prompt_tokens": 300, "completion_tokens": 200},
+        "label": {"requests": 4, "prompt_tokens": 600, "completion_tokens": 400, "cache_hits": 1},
+    }
+    with_usage = tmp_path / "with"
+    with_usage.mkdir()
+    rounds = [_round(0, 0.20, usage0), _round(1, 0.25, usage1)]
+    (with_usage / "run.json").write_text(json.dumps({"status": "completed", "rounds": rounds}))
+    tables = build_report(with_usage).tables()
+    assert [
+        (r["round"], r["stage"], r["requests"], r["cache_hits"]) for r in tables["teacher_usage"]
+    ] == [
+        (0, "rationales", 5, 0),
+        (1, "synthesize", 2, 0),
+        (1, "label", 4, 1),
+    ]
+    (point,) = tables["tokens_per_point"]
+    assert point["teacher tokens after round 0"] == 1500 and point["points gained"] == 5.0
+    assert point["tokens per point"] == 300.0
+
+    without = tmp_path / "without"
+    without.mkdir()
+    rounds = [_round(0, 0.2, None), _round(1, 0.25, None)]
+    (without / "run.json").write_text(json.dumps({"status": "completed", "rounds": rounds}))
+    report = build_report(without)
+    assert "teacher_usage" not in report.tables()
+    assert any("teacher usage" in m for m in report.missing)
+    assert any("round 1: funnel" in m for m in report.missing)
