@@ -87,7 +87,7 @@ def cmd_run(args) -> int:
     print(f"datasets:     {Path(result.run_dir) / 'datasets'}")
     if result.rounds and result.rounds[-1].model is not None:
         print(f"last student: {result.rounds[-1].model.path}")
-    print(f"report:       {Path(result.run_dir) / 'report.md'}")
+    print(f"report:       {Path(result.run_dir) / 'report.html'} (and report.md)")
     print(
         "inspect with: fdd runs list   |   fdd data show "
         f"{result.rounds[-1].dataset.version_id[:12] if result.rounds else 'VERSION'}"
@@ -208,6 +208,42 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def cmd_data_export(args) -> int:
+    from fdd_core.dataset_card import export_version, push_to_hub
+
+    ref = _find_dataset(Path(args.root), args.version)
+    try:
+        out = export_version(ref, args.out_dir, args.format)
+    except (FileExistsError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"exported dataset version {ref.version_id} ({ref.n_rows} rows) as {args.format}")
+    print(f"  to:   {out.resolve()}")
+    if args.format == "hf":
+        print(f'  load: datasets.load_from_disk("{out}")')
+    else:
+        print(f'  load: datasets.load_dataset("{out}")["train"]')
+    if args.push_to_hub:
+        try:
+            url = push_to_hub(out, args.push_to_hub, args.format)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+        print(f"  pushed: {url}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fdd_core.report import write_run_report
+
+    run_dir = Path(args.run_dir)
+    try:
+        paths = write_run_report(run_dir)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"report: {paths['html'].resolve()}")
+    print(f"        {paths['markdown'].resolve()} (figures in {paths['figures'].resolve()})")
+    return 0
+
+
 def cmd_config_show(args) -> int:
     cfg = _load(args)
     print(dump_config(cfg), end="")
@@ -251,6 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("-n", type=int, default=3, help="examples to print (default 3)")
     q.set_defaults(func=cmd_data_show)
+    q = data_sub.add_parser(
+        "export", help="copy a dataset version (with its card) in a form `datasets` loads"
+    )
+    q.add_argument("version", help="version id or a unique prefix")
+    q.add_argument("out_dir", help="new (or empty) folder to write")
+    q.add_argument("--format", choices=["parquet", "jsonl", "hf"], default="parquet")
+    q.add_argument(
+        "--root",
+        default="runs",
+        help="storage root, a run folder or a datasets folder (default: runs)",
+    )
+    q.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="also upload to this Hugging Face dataset repo (token from HF_TOKEN; private)",
+    )
+    q.set_defaults(func=cmd_data_export)
+
+    p = sub.add_parser("report", help="write a run's report (report.html, report.md, PNGs)")
+    p.add_argument("run_dir", help="the run folder (holds run.json)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="show or check a config")
     cfg_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -297,6 +297,11 @@ class TrainingConfig(Section):
         "auto", description="Gradient checkpointing; 'auto' turns it on for CUDA."
     )
     seed: int = Field(0, description="Training seed (data order, init of LoRA weights).")
+    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
+        "none",
+        description="Also log the loss per step to this tracker through accelerate "
+        "(its package is imported only when chosen; logs go under the student folder).",
+    )
 
 
 class EvaluationConfig(Section):
@@ -311,6 +316,11 @@ class EvaluationConfig(Section):
         "benchmarks without one come from the hub (needs a network).",
     )
     limit: int | None = Field(None, ge=1, description="Score only the first N problems.")
+    measure_base: bool = Field(
+        False,
+        description="Also benchmark the untrained base student in round 0 (the reference "
+        "line of the run report's accuracy plot).",
+    )
     batch_size: int = Field(
         64,
         ge=1,

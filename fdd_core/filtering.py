@@ -508,6 +508,10 @@ class FilterResult:
     dropped: dict[str, int]  # every DropReason, zero when nothing was dropped for it
     examples: dict[str, list[str]]  # up to MAX_EXAMPLES_PER_REASON dropped questions a reason
     by_benchmark: dict[str, int] = field(default_factory=dict)  # contamination drops
+    # Per candidate, in input order: the drop reason (None: kept) and, for contamination,
+    # the benchmark (the run report's per-candidate verdicts).
+    reasons: list[str | None] = field(default_factory=list)
+    benchmarks: list[str | None] = field(default_factory=list)
 
     @property
     def n_dropped(self) -> int:
@@ -554,7 +558,14 @@ def _summarize(
             text = problem.question if isinstance(problem.question, str) else repr(problem.question)
             examples[reason].append(text[:300])
     by_benchmark = dict(sorted(Counter(b for b in benchmarks if b is not None).items()))
-    return FilterResult(kept, dropped, {r: v for r, v in examples.items() if v}, by_benchmark)
+    return FilterResult(
+        kept,
+        dropped,
+        {r: v for r, v in examples.items() if v},
+        by_benchmark,
+        list(reasons),
+        list(benchmarks),
+    )
 
 
 # ----------------------------------------------------------------------------- leakage analysis

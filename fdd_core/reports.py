@@ -33,6 +33,10 @@ class RoundResult(BaseModel):
     # Per stage ("rationales", "synthesize", "label"): requests, prompt_tokens,
     # completion_tokens, cache_hits (request-cache hits). Prompts, not HTTP retries.
     teacher_usage: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # Added for the run report (fdd_core.report); optional so older records still load.
+    base_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    wall_time_s: dict[str, float] = Field(default_factory=dict)
+    gpu_stages: list[str] = Field(default_factory=list)
 
     def accuracy(self) -> dict[str, float]:
         return {k: float(v.get("accuracy", 0.0)) for k, v in self.metrics.items()}
@@ -164,11 +168,18 @@ def write_run_record(
     return atomic_write_json(path, record)
 
 
-def write_report(run_dir: str | Path, rounds: list[RoundResult]) -> Path:
-    body = ["# FDD run report", "", markdown_table([r.row() for r in rounds])]
+def rounds_markdown(rounds: list[RoundResult]) -> str:
+    """The per-round table and each round's summary (the counters of every stage)."""
+    body = [markdown_table([r.row() for r in rounds])]
     for r in rounds:
         body += ["", round_markdown(r)]
-    return atomic_write_text(Path(run_dir) / "report.md", "\n".join(body))
+    return "\n".join(body)
+
+
+def write_report(run_dir: str | Path, rounds: list[RoundResult]) -> Path:
+    """The counters-only `report.md` (the full report is fdd_core.report.write_run_report)."""
+    body = "# FDD run report\n\n" + rounds_markdown(rounds)
+    return atomic_write_text(Path(run_dir) / "report.md", body)
 
 
 def list_runs(root: str | Path) -> list[dict[str, Any]]:

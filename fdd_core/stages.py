@@ -463,8 +463,13 @@ def label_problems(
     rel_tol: float = 1e-4,
     cache: RequestCache | None = None,
     round_index: int = 0,
+    verdicts: list[dict] | None = None,
 ) -> tuple[list[Example], dict[str, int]]:
-    """n teacher programs per new problem; accept the majority answer when enough agree."""
+    """n teacher programs per new problem; accept the majority answer when enough agree.
+
+    `verdicts`, when given, receives one record per problem (its programs, the vote and
+    whether it was accepted, or why not) for the run report.
+    """
     template = load_template("program")
     stats: Counter = Counter(
         problems=len(problems), accepted=0, rejected_no_answer=0, rejected_low_agreement=0
@@ -482,11 +487,15 @@ def label_problems(
         # agreement is measured over all n programs the teacher was asked for.
         answers = [a for _, _, a in got] + [None] * (n_asked - len(got))
         vote = majority_vote(answers, rel_tol=rel_tol)
+        reason = None
         if vote.answer is None:
-            stats["rejected_no_answer"] += 1
-            continue
-        if vote.agreement < lcfg.agreement_threshold:
-            stats["rejected_low_agreement"] += 1
+            reason = "no_answer"
+        elif vote.agreement < lcfg.agreement_threshold:
+            reason = "low_agreement"
+        if verdicts is not None:
+            verdicts.append(_label_verdict(problem, got, n_asked, vote, reason))
+        if reason is not None:
+            stats[f"rejected_{reason}"] += 1
             continue
         labelled = problem.model_copy(update={"answer": vote.answer})
         kept: set[str] = set()
@@ -510,6 +519,22 @@ def label_problems(
         stats["accepted"] += 1
     stats["examples"] = len(examples)
     return examples, dict(stats)
+
+
+def _label_verdict(problem: Problem, got: list, n_asked: int, vote, reason: str | None) -> dict:
+    return {
+        "problem_id": problem.id,
+        "question": problem.question,
+        "origin": problem.origin,
+        "parent_id": problem.parent_id,
+        "round": problem.round,
+        "programs": [{"sample": j, "program": p, "answer": a} for j, p, a in got],
+        "n_asked": n_asked,
+        "vote_answer": vote.answer,
+        "agreement": vote.agreement,
+        "accepted": reason is None,
+        "reason": reason,
+    }
 
 
 # --------------------------------------------------------------------------- growth

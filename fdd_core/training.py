@@ -393,6 +393,11 @@ def train_student(
     )
     history: list[float] = []
     tokens_seen = padded_tokens = target_tokens = 0
+    tracker = None
+    if accelerator.is_main_process and cfg.report_to != "none":
+        from fdd_core.trackers import start_tracker
+
+        tracker = start_tracker(cfg.report_to, out_dir, cfg.model_dump(mode="json"))
     step, epoch, batches_done = 0, 0, 0
     loop_start, loop_cpu = time.perf_counter(), time.process_time()
     log.info(
@@ -456,6 +461,8 @@ def train_student(
                 target_tokens += step_targets
                 lr = scheduler.get_last_lr()[0]
                 _report(bar, step, total_steps, loss, lr, log_every, tokens_seen, loop_start)
+                if tracker is not None:
+                    tracker.log({"train/loss": loss, "train/lr": lr}, step=step)
                 if on_step is not None and accelerator.is_main_process:
                     on_step(
                         TrainState(
@@ -472,6 +479,8 @@ def train_student(
     finally:
         if bar is not None:
             bar.close()
+        if tracker is not None:
+            tracker.finish()
     train_time = time.perf_counter() - loop_start
     train_cpu = time.process_time() - loop_cpu
 
@@ -493,6 +502,7 @@ def train_student(
         "epochs": round(batches_done / max(1, len(plan)), 4),
         "final_loss": history[-1],
         "loss_history": _summarize(history),
+        "loss_per_step": [round(x, 6) for x in history],  # the run report's training curve
         "wall_time_s": round(time.perf_counter() - started, 3),
         "train_time_s": round(train_time, 3),
         "train_cpu_s": round(train_cpu, 3),  # CPU time of this process (all its threads)

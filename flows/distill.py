@@ -29,11 +29,13 @@ from fdd_core.reports import (
     DistillResult,
     RoundResult,
     markdown_table,
+    rounds_markdown,
     write_report,
     write_run_record,
 )
 from fdd_core.versioning import code_fingerprint, file_fingerprint
 from flows.common import artifact_key, task_options
+from flows.report import publish_report_artifacts
 from flows.round import fdd_round
 from flows.runners import make_task_runner
 from tasks.common import check_result_files, close_sandboxes, result_storage
@@ -179,6 +181,7 @@ def _distill(state: _RunState, log) -> DistillResult:
             )
             rounds.append(result)
             write_run_record(run_path, cfg, status="running", rounds=rounds)
+            publish_report_artifacts(run_path, run_name)  # the report so far, in the UI
             dataset, student = result.dataset, result.model or student
             no_growth = r > 0 and result.added == 0 and cfg.synthesis.strategy != "none"
             if no_growth and cfg.rounds.stop_when_no_growth:
@@ -198,10 +201,21 @@ def _distill(state: _RunState, log) -> DistillResult:
         write_run_record(run_path, cfg, status="failed", rounds=rounds, error=error)
         raise
     write_run_record(run_path, cfg, status="completed", rounds=rounds)
-    write_report(run_path, rounds)
+    write_final_report(run_path, rounds)
     create_markdown_artifact(
         "# FDD run\n\n" + markdown_table([r.row() for r in rounds]),
         key=artifact_key(run_name, "summary"),
         description=f"FDD run {run_name}: one row per round",
     )
     return DistillResult(run_dir=str(run_path), rounds=rounds, stopped_early=stopped_early)
+
+
+def write_final_report(run_path: Path, rounds: list[RoundResult]) -> Path:
+    """report.html, report.md and the PNGs; the counters-only report.md if that fails."""
+    from fdd_core.report import write_run_report
+
+    try:
+        return write_run_report(run_path, appendix=rounds_markdown(rounds))["html"]
+    except Exception as exc:  # noqa: BLE001 - a finished run keeps its results regardless
+        get_run_logger().warning("the run report could not be built (%r): report.md only", exc)
+        return write_report(run_path, rounds)

@@ -13,7 +13,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from fdd_core.config import RunConfig
+from fdd_core.dataset_card import write_dataset_card
 from fdd_core.io import atomic_write_json
+from fdd_core.records import StageClock, append_timings, funnel_steps, write_funnel
 from fdd_core.reports import RoundResult, round_markdown
 from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.stages import ProblemsRef, merge_stats, split_teacher_usage, stage_seed
@@ -27,6 +29,7 @@ from tasks.grade import grade_shard
 from tasks.grow import grow_dataset
 from tasks.label import label_shard
 from tasks.rationales import rationale_shard
+from tasks.records import leakage_reference_task
 from tasks.synthesize import plan_synthesis_task, synthesize_shard
 from tasks.train import train_student_task
 
@@ -58,6 +61,9 @@ def fdd_round(
     }
     stats: dict[str, dict[str, int]] = {}
     dropped: dict[str, int] = {}
+    clock = StageClock()  # wall time per stage, for the run report
+    gpu_stages = {"train", "benchmark"} if gpu_student else set()
+    base_metrics: dict = {}
 
     if round_index == 0:
         log.info(
@@ -81,6 +87,19 @@ def fdd_round(
             progress_key=artifact_key(run_name, "r0-rationales-progress"),
         )
         stats["rationales"] = merge_stats(s.stats for s in new_shards)
+        clock.lap("rationales")
+        gpu_stages |= {"rationales"} if gpu_teacher else set()
+        if cfg.evaluation.benchmarks:
+            leakage_reference_task.with_options(**plain_opts)(
+                originals, cfg.evaluation, cfg.filtering, run_dir, cv
+            )
+            clock.lap("leakage reference")
+        if cfg.evaluation.measure_base and cfg.evaluation.benchmarks:
+            base_metrics = benchmark_task.with_options(
+                **task_options(cfg, run_dir, gpu=gpu_student)
+            )(None, cfg.student, cfg.evaluation, cfg.sandbox, run_dir, round_index, cv, "eval-base")
+            clock.lap("benchmark base")
+            gpu_stages |= {"benchmark base"} if gpu_student else set()
     else:
         if student is None:
             log.warning(
@@ -113,6 +132,8 @@ def fdd_round(
                 progress_key=artifact_key(run_name, f"r{round_index}-grade-progress"),
             )
             stats["grade"] = merge_stats(s.stats for s in graded)
+            clock.lap("grade")
+            gpu_stages |= {"grade"} if gpu_student else set()
         plan = plan_synthesis_task.with_options(**plain_opts)(
             pool,
             graded,
@@ -146,11 +167,13 @@ def fdd_round(
                 progress_key=artifact_key(run_name, f"r{round_index}-synth-{kind}-progress"),
             )
         stats["synthesize"] = merge_stats(s.stats for s in synth)
+        clock.lap("synthesize")
         filtered = filter_candidates.with_options(**plain_opts)(
             synth, dataset, originals, cfg.filtering, cfg.evaluation, run_dir, round_index, cv
         )
         dropped = filtered.dropped
         stats["filter"] = {"candidates": filtered.candidates, "kept": filtered.kept.n}
+        clock.lap("filter")
         new_shards = run_mapped(
             label_shard.with_options(**gen_opts),
             filtered.kept.n,
@@ -168,14 +191,18 @@ def fdd_round(
             progress_key=artifact_key(run_name, f"r{round_index}-label-progress"),
         )
         stats["label"] = merge_stats(s.stats for s in new_shards)
+        clock.lap("label")
+        gpu_stages |= {"synthesize", "label"} if gpu_teacher else set()
 
     new_dataset = grow_dataset.with_options(**plain_opts)(
         new_shards, dataset, str(Path(run_dir) / "datasets"), round_index, cfg.config_hash(), cv
     )
     added = new_dataset.n_rows - (dataset.n_rows if dataset else 0)
+    clock.lap("grow")
     model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
         new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv
     )
+    clock.lap("train")
     metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
         model,
         cfg.student,
@@ -186,6 +213,7 @@ def fdd_round(
         cv,
         cache_dir=cfg.storage.cache_dir,
     )
+    clock.lap("benchmark")
 
     manifest = read_manifest(new_dataset)
     stats, teacher_usage = split_teacher_usage(stats)
@@ -199,7 +227,13 @@ def fdd_round(
         dropped=dropped,
         metrics=metrics,
         teacher_usage=teacher_usage,
+        base_metrics=base_metrics,
+        wall_time_s=dict(clock.stages),
+        gpu_stages=sorted(gpu_stages & set(clock.stages)),
     )
+    write_funnel(run_dir, round_index, funnel_steps(round_index, stats, dropped, added))
+    append_timings(run_dir, round_index, clock, gpu_stages=result.gpu_stages)
+    write_dataset_card(new_dataset, cfg)
     atomic_write_json(
         Path(run_dir) / f"round-{round_index}" / "summary.json", result.model_dump(mode="json")
     )

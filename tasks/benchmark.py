@@ -32,11 +32,16 @@ def benchmark_task(
     round_index: int,
     code_version: str,
     cache_dir: str | None = None,
+    folder: str = "eval",
 ) -> dict[str, dict]:
-    """Accuracy and breakdown per benchmark ({} when no benchmark is configured)."""
+    """Accuracy and breakdown per benchmark ({} when no benchmark is configured).
+
+    `folder`: where under the round folder the predictions go ("eval-base" for the base
+    model measured as the run report's reference).
+    """
     if not evaluation.benchmarks:
         return {}
-    out = Path(run_dir) / f"round-{round_index}" / "eval"
+    out = Path(run_dir) / f"round-{round_index}" / folder
     results = evaluate_model(
         model if model is not None else student.model,
         evaluation.benchmarks,

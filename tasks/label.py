@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from fdd_core.config import LabelingConfig, SandboxConfig, StorageConfig, TeacherConfig
+from fdd_core.records import write_label_verdicts
 from fdd_core.stages import ProblemsRef, ShardResult, label_problems, read_problems, save_shard
 from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, teacher_request_cache
 
@@ -32,6 +33,7 @@ def label_shard(
     """Vote on one shard of new problems; accepted ones become examples."""
     chunk = read_problems(problems)[bounds[0] : bounds[1]]
     backend = get_model_backend(teacher, storage.cache_dir)
+    verdicts: list[dict] = []
     examples, stats = label_problems(
         chunk,
         backend,
@@ -41,6 +43,8 @@ def label_shard(
         rel_tol=sandbox.rel_tol,
         cache=teacher_request_cache(teacher, storage),
         round_index=round_index,
+        verdicts=verdicts,
     )
+    write_label_verdicts(run_dir, round_index, shard_index, verdicts)
     out = Path(run_dir) / f"round-{round_index}" / "label" / f"shard-{shard_index:05d}.jsonl"
     return save_shard(out, examples, stats)

@@ -194,6 +194,26 @@ def test_labelling_votes_and_keeps_agreeing_programs(sandbox):
     assert strict["accepted"] == 0 and strict["rejected_low_agreement"] == 3
 
 
+def test_labelling_records_one_verdict_per_problem(sandbox):
+    problems = [p.model_copy(update={"answer": None}) for p in world(4)]
+    verdicts: list[dict] = []
+    _, stats = label_problems(
+        problems,
+        ScriptedBackend(garbage_every=4),
+        TeacherConfig(),
+        LabelingConfig(n_programs=4, max_rationales=2, agreement_threshold=0.5),
+        sandbox,
+        verdicts=verdicts,
+    )
+    assert [v["problem_id"] for v in verdicts] == [p.id for p in problems]
+    assert sum(v["accepted"] for v in verdicts) == stats["accepted"] == 3
+    assert [v["reason"] for v in verdicts] == ["no_answer", None, None, None]
+    for v, p in zip(verdicts[1:], problems[1:]):
+        assert v["vote_answer"] == sum(numbers_in(p.question)) and v["agreement"] == 0.75
+        assert v["n_asked"] == 4 and len(v["programs"]) <= 4
+        assert all({"sample", "program", "answer"} <= set(prog) for prog in v["programs"])
+
+
 def test_merge_examples_never_duplicates():
     p = world(1)[0]
     from fdd_core.schemas import Rationale
