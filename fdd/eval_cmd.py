@@ -134,8 +134,8 @@ def _build(args) -> tuple[RunConfig, list[str]]:
         ev.batch_size = args.batch_size
         if "batch_size" in type(cfg.student).model_fields:  # backends that batch here
             cfg.student.batch_size = args.batch_size
-    if args.device is not None:
-        cfg.student.device = args.device
+    if args.device is not None and "device" in type(cfg.student).model_fields:
+        cfg.student.device = args.device  # in-process backends only (not an endpoint)
     return cfg, benchmarks
 
 

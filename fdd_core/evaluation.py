@@ -290,7 +290,10 @@ def model_config_for(model: str | ModelRef, student_cfg: ModelConfig | None = No
         return student_model_config(read_model_ref(path), base)
     if student_cfg is not None and model == student_cfg.model:
         return student_cfg  # the configured student itself (keeps its adapter, if any)
-    return base.model_copy(update={"model": model, "adapter": None})
+    update: dict = {"model": model}
+    if "adapter" in type(base).model_fields:  # in-process backends; an endpoint has none
+        update["adapter"] = None
+    return base.model_copy(update=update)
 
 
 def default_eval_dir(model: str | ModelRef, cache_dir: str | Path | None = None) -> Path:

@@ -371,12 +371,15 @@ def _save_adapter(base_dir, out_dir, *, random_b: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from fdd_core.models import peft_quietly
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     cfg = LoraConfig(
         r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=not random_b
     )
-    peft_model = get_peft_model(model, cfg)
+    with peft_quietly():  # peft reads a deprecated transformers property
+        peft_model = get_peft_model(model, cfg)
     if random_b:  # make the update large enough to change greedy choices of a random model
         for name, p in peft_model.named_parameters():
             if "lora_" in name:

@@ -150,3 +150,30 @@ def test_a_stage_runs_with_the_registered_backend(toy, tmp_path):
     assert result.stats["problems"] == 4 and result.n_rows == len(rows) > 0
     assert {r["problem_id"] for r in rows} <= {p.id for p in read_problems(ref)}
     assert get_backend(cfg.teacher).calls >= 1  # the memoized toy instance did the work
+
+
+def test_registering_keeps_the_other_backends_classes(tmp_path):
+    import pickle
+
+    from fdd_core.config import RunConfig
+
+    before = RunConfig()
+    cls = type(before.teacher)
+    register_backend(
+        BackendSpec(
+            name="toy",
+            config=ToyConfig,
+            make=lambda cfg, cache_dir, progress: ToyBackend(cfg),
+            preflight=_preflight,
+            uses_gpu=lambda cfg: False,
+            memo_key=lambda cfg, cache_dir: None,
+        )
+    )
+    try:
+        after = RunConfig()
+        assert type(after.teacher) is cls  # the same class object, not a rebuilt twin
+        assert pickle.loads(pickle.dumps(before)) == before
+        assert RunConfig(teacher=before.teacher).teacher is before.teacher
+    finally:
+        unregister_backend("toy")
+    assert type(RunConfig().teacher) is cls

@@ -357,3 +357,17 @@ def test_cli_eval_rejects_ambiguous_data_and_bad_names(tmp_path):
     args = _parse(["eval", "--benchmark", "gsm8k", "--data", str(tmp_path / "none.jsonl")])
     with pytest.raises(ConfigError, match="file not found"):
         args.func(args)
+
+
+def test_model_config_for_a_served_model_keeps_the_endpoint_settings():
+    from fdd_core.config import load_config
+    from fdd_core.evaluation import model_config_for
+
+    cfg = load_config(None, ["student.backend=openai", "student.base_url=http://h:8000/v1"])
+    served = model_config_for("served-model", cfg.student)
+    assert (served.backend, served.model, served.base_url) == (
+        "openai",
+        "served-model",
+        "http://h:8000/v1",
+    )
+    assert not hasattr(served, "adapter")  # no stray field an endpoint does not take

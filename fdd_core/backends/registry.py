@@ -152,8 +152,7 @@ def register_backend(spec: BackendSpec) -> None:
             f"`backend: Literal[{spec.name!r}] = {spec.name!r}`"
         )
     BACKENDS[spec.name] = spec
-    config_class.cache_clear()
-    role_members.cache_clear()
+    _forget(spec.name)
     if "fdd_core.config" in sys.modules:  # rebuild the run config's backend choice
         sys.modules["fdd_core.config"].rebuild_model_configs()
 
@@ -161,8 +160,7 @@ def register_backend(spec: BackendSpec) -> None:
 def unregister_backend(name: str) -> None:
     """Remove a row (tests use it to undo a registration)."""
     BACKENDS.pop(name, None)
-    config_class.cache_clear()
-    role_members.cache_clear()
+    _forget(name)
     if "fdd_core.config" in sys.modules:
         sys.modules["fdd_core.config"].rebuild_model_configs()
 
@@ -230,18 +228,33 @@ def backend_spec(name_or_cfg: str | ModelConfig) -> BackendSpec:
         ) from None
 
 
-@functools.cache
+# (backend name, role) -> its concrete config class. Built once and kept: the classes of
+# the other backends must stay the same objects when a row is added (existing instances,
+# pickles and isinstance checks refer to them); only a replaced row's classes are rebuilt.
+_CLASSES: dict[tuple[str, type], type[ModelConfig]] = {}
+
+
+def _forget(name: str) -> None:
+    for key in [k for k in _CLASSES if k[0] == name]:
+        del _CLASSES[key]
+    role_members.cache_clear()
+
+
 def config_class(name: str, role: type[ModelConfig] = ModelConfig) -> type[ModelConfig]:
     """The concrete config class for backend `name` in `role` (ModelConfig, or a role base
     such as TeacherConfig that adds its fields on top): `<Backend>` + `<Role>` fields."""
     base = backend_spec(name).config
     if role is ModelConfig:
         return base
+    cached = _CLASSES.get((name, role))
+    if cached is not None and issubclass(cached, base):
+        return cached
     cls_name = base.__name__.removesuffix("Config") + role.__name__
     module = sys.modules[role.__module__]
     # The backend first: its `backend: Literal[...]` must win over the role base's `str`.
     cls = type(cls_name, (base, role), {"__module__": role.__module__, "__doc__": role.__doc__})
     setattr(module, cls_name, cls)  # importable by name: pickles and Prefect results need it
+    _CLASSES[(name, role)] = cls
     return cls
 
 
