@@ -83,7 +83,7 @@ CANCELLED = (KeyboardInterrupt, SystemExit, TerminationSignal)
 # After Ctrl-C/SIGTERM the process exits at the latest this long after the signal, even
 # when Prefect is still reporting the crash to an API server that is gone (Ctrl-C in a
 # terminal stops `fdd run`'s temporary server too) or a task thread is mid-step.
-CANCEL_GRACE_S = 10.0
+CANCEL_GRACE_S = 5.0
 
 
 @dataclass
@@ -100,6 +100,15 @@ def _record_cancel(state: _RunState, why: str) -> None:
         state.run_path, state.cfg, status="cancelled", rounds=state.rounds, error=why[:2000]
     )
     close_sandboxes()
+
+
+def _begin_cancel(state: _RunState, why: str) -> None:
+    """Once per run: record `cancelled`, stop the sandboxes, arm the exit watchdog."""
+    if state.cancelled is not None:
+        return
+    state.cancelled = why
+    _record_cancel(state, f"cancelled by {why}")
+    threading.Thread(target=_hard_stop, args=(state,), daemon=True).start()
 
 
 def _hard_stop(state: _RunState) -> None:
@@ -124,31 +133,31 @@ def _stop_on_signals(state: _RunState):
     The status is written in the signal handler itself, so it is on disk before Prefect
     starts reporting the crash; a watchdog then makes sure the process is gone within
     CANCEL_GRACE_S. Without this, SIGTERM kills the process on the spot (no status, sandbox
-    workers in sessions of their own left running). Handlers someone else installed (a
-    Prefect runner's SIGTERM bridge, a notebook's SIGINT) are left alone.
+    workers in sessions of their own left running). A handler installed before (Prefect's
+    SIGTERM bridge, which raises TerminationSignal so a deployment run is marked Cancelled)
+    is called after the status is written.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
     def handler(signum, frame):
         name = signal.Signals(signum).name
-        if state.cancelled is None:
-            state.cancelled = name
-            _record_cancel(state, f"cancelled by {name}")
-            threading.Thread(target=_hard_stop, args=(state,), daemon=True).start()
+        _begin_cancel(state, name)
+        before = previous.get(signum)
+        if callable(before) and before is not signal.default_int_handler:
+            before(signum, frame)  # Prefect's SIGTERM bridge: TerminationSignal, as it expects
         raise KeyboardInterrupt(f"cancelled by {name}")
 
-    installed = {}
-    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, SIG_DFL)):
-        if signal.getsignal(sig) is default:
-            installed[sig] = default
-            signal.signal(sig, handler)
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        for sig, default in installed.items():
-            signal.signal(sig, default)
+        for sig, before in previous.items():
+            signal.signal(sig, before if before is not None else SIG_DFL)
 
 
 def _distill(state: _RunState, log) -> DistillResult:
@@ -192,10 +201,12 @@ def _distill(state: _RunState, log) -> DistillResult:
         if state.cancelled or isinstance(exc, CANCELLED):
             # Stopped from outside: say so (not "failed"), stop the sandbox workers now;
             # the next start of the same config resumes from the finished shards.
-            _record_cancel(
-                state, f"cancelled by {state.cancelled}" if state.cancelled else repr(exc)
-            )
+            # Prefect's own SIGTERM bridge (reinstalled inside each round) lands here.
+            _begin_cancel(state, type(exc).__name__)
             log.warning("run cancelled (%r); start it again to resume", exc)
+            from fdd_core.procs import stop_descendants
+
+            stop_descendants(grace_s=2.0)  # Prefect may re-kill itself with SIGTERM next
             raise
         error = "\n".join([repr(exc), *getattr(exc, "__notes__", [])])[:4000]
         write_run_record(run_path, cfg, status="failed", rounds=rounds, error=error)

@@ -199,7 +199,8 @@ def _stop_and_check(proc, sig, *, group: bool, what: str) -> tuple[float, list[i
         proc.send_signal(sig)
     rc = proc.wait(60)
     took = time.monotonic() - start
-    assert rc == 130, f"{what}: exit code {rc}"
+    # 130 after Ctrl-C; after SIGTERM Prefect's own bridge re-kills the process with it.
+    assert rc in ((130,) if sig == signal.SIGINT else (130, -signal.SIGTERM)), f"{what}: rc {rc}"
     time.sleep(0.5)
     survivors = [p for p in children if alive(p)]
     assert survivors == [], f"{what}: child processes survived: {survivors}"
