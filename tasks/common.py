@@ -198,7 +198,9 @@ def free_bytes(path: str | Path) -> int | None:
 
 def note_disk_full(exc: BaseException, path: str | Path, needed_bytes: int | None) -> bool:
     """Add a note naming the path and the space needed when `exc` is "no space left"."""
-    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    # Libraries with their own error types (safetensors) keep only the OS message.
+    if not (full or "No space left on device" in str(exc) or "os error 28" in str(exc)):
         return False
     need = f"about {_size(needed_bytes)}" if needed_bytes else "an unknown amount of space"
     free = free_bytes(path)

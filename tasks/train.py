@@ -42,7 +42,7 @@ def train_student_task(
             device=student.device,
             cache_dir=cache_dir,
         )
-    except OSError as exc:
+    except Exception as exc:  # OSError, or a library's own error (SafetensorError)
         note_disk_full(exc, out, _folder_bytes(Path(student.model)))
         raise
 
