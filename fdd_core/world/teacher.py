@@ -126,7 +126,8 @@ def _template_regex(name: str) -> re.Pattern[str]:
         elif part == "n":
             pattern += r"(?P<n>\d+)"
         else:
-            pattern += r"(?P<question>.+?)" if i < len(parts) - 1 else r"(?P<question>.+)"
+            last = not "".join(parts[i + 1 :]).strip()
+            pattern += r"(?P<question>.+)" if last else r"(?P<question>.+?)"
     return re.compile(pattern, re.S)
 
 
@@ -135,6 +136,7 @@ class Request:
     kind: str  # program | complex | similar | unknown
     question: str
     n_items: int = 0
+    open_fence: bool = False  # a completion-style prompt that ends inside ```python
 
 
 class PromptReader:
@@ -152,8 +154,10 @@ class PromptReader:
         m = self.program.search(text)
         if m:
             q = m.group("question").strip()
-            q = re.sub(r"\s*```(?:python)?\s*$", "", q).strip()  # completion-style fence
-            return Request("program", q)
+            fence = re.search(r"\s*```(?:python)?\s*$", q)  # completion style: an open fence
+            if fence:
+                q = q[: fence.start()].strip()
+            return Request("program", q, open_fence=fence is not None)
         return Request("unknown", "")
 
 
@@ -259,7 +263,8 @@ class SimulatedTeacher:
             self._count(unknown_question=1)
             return PROSE_PROGRAM if req.kind == "program" else PROSE_PROBLEMS
         if req.kind == "program":
-            return "```python\n" + self._program(entry, seed, j) + "\n```"
+            body = self._program(entry, seed, j)
+            return body + "\n```" if req.open_fence else "```python\n" + body + "\n```"
         return self._problems(req, entry, seed, j)
 
     def _program(self, entry: Entry, seed: int | None, j: int) -> str:
