@@ -30,6 +30,9 @@ class RoundResult(BaseModel):
     stats: dict[str, dict[str, int]] = Field(default_factory=dict)
     dropped: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Truth-based measurements a controlled run adds afterwards (fdd lab: label precision,
+    # contamination recall; see fdd_core/world/lab.py). Empty for real runs.
+    lab_metrics: dict[str, float] = Field(default_factory=dict)
 
     def accuracy(self) -> dict[str, float]:
         return {k: float(v.get("accuracy", 0.0)) for k, v in self.metrics.items()}
@@ -54,6 +57,9 @@ class RoundResult(BaseModel):
         row["accepted"] = label.get("accepted", "") if label else ""
         for name, acc in self.accuracy().items():
             row[f"acc:{name}"] = round(acc, 4)
+        for key in ("label_precision", "contamination_recall"):
+            if key in self.lab_metrics:
+                row[key] = round(self.lab_metrics[key], 4)
         return row
 
 
