@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 LLAMA_VENV  ?= .venv-llama
 LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed
 
-.PHONY: run test test-fast install clean-venv bench lint format
+.PHONY: run test test-fast install clean-venv bench lint format lab
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/fdd run $(CONFIG)
+
+# The proving ground: real student, SIMULATED teacher (configs/lab.yaml, docs/EVIDENCE.md).
+LAB_CONFIG ?= configs/lab.yaml
+lab: $(STAMP)
+	$(BIN)/fdd lab $(LAB_CONFIG)
 
 test: $(STAMP) $(LLAMA_STAMP)
 	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian

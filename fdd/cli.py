@@ -6,6 +6,7 @@
     fdd config show [CONFIG]           the fully resolved config (defaults filled in)
     fdd eval --model M --benchmark B   score a model on a benchmark
     fdd deploy / fdd setup             Prefect deployments and the gpu concurrency limit
+    fdd lab [CONFIG]                   controlled experiment with the SIMULATED teacher
 
 Prefect is imported only by the commands that run flows, so `fdd --help` stays fast.
 """
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(q, required=False)
     q.set_defaults(func=cmd_config_show)
 
-    for module in ("fdd.eval_cmd", "fdd.deploy_cmd"):
+    for module in ("fdd.eval_cmd", "fdd.deploy_cmd", "fdd.lab_cmd"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError as exc:  # an optional command whose dependencies are missing
