@@ -151,6 +151,8 @@ def cmd_lab(args) -> int:
             + " (run `python -m fdd_core.world --write`)"
         )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default: too little on a busy laptop.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     print(BANNER, flush=True)
     world = World()
     teacher = SimulatedTeacher(world, _dials(args, LAB_DIALS), seed=args.teacher_seed)
@@ -200,7 +202,12 @@ def cmd_lab(args) -> int:
 
 
 def _baseline(cfg, run_dir: Path) -> dict[str, float]:
-    """Accuracy of the untrained student (cached in the run folder)."""
+    """Accuracy of the untrained student (cached in the run folder).
+
+    Scored with `student.max_tokens` new tokens per program rather than the benchmark's
+    256: an untrained model rarely stops by itself, so the full budget would cost minutes
+    of CPU time for the same (near-zero) score.
+    """
     path = run_dir / "baseline" / "results.json"
     if not path.is_file():
         from fdd_core.evaluation import evaluate_model
@@ -214,6 +221,7 @@ def _baseline(cfg, run_dir: Path) -> dict[str, float]:
             student_cfg=cfg.student,
             out_dir=run_dir / "baseline",
             cache_dir=cfg.storage.cache_dir,
+            max_tokens=cfg.student.max_tokens,
         )
     data = json.loads(path.read_text())
     return {k: float(v["accuracy"]) for k, v in data["benchmarks"].items()}

@@ -25,8 +25,15 @@ def harness(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
-        yield
+    from fdd_core.backends import clear_backends
+    from tasks.common import close_sandboxes
+
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+    finally:  # the flows memoize sandboxes and models per process: free them
+        close_sandboxes()
+        clear_backends()
 
 
 def test_fdd_lab_records_label_precision_and_contamination_recall(
