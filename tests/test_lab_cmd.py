@@ -81,4 +81,6 @@ def test_fdd_lab_records_label_precision_and_contamination_recall(
     assert m["labels_unknown"] == 0  # the world knows every question its teacher wrote
     lab = json.loads((run / "lab.json").read_text())
     assert set(lab["baseline_accuracy"]) == {"lab_test", "lab_hard"}
-    assert {"program", "complex", "similar"} <= set(lab["teacher_http_requests"])
+    # A random tiny student solves nothing, so every parent is hard: similar problems only.
+    assert {"program", "similar"} <= set(lab["teacher_http_requests"])
+    assert r1["stats"]["grade"]["hard"] > 0
