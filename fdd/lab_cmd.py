@@ -1,4 +1,4 @@
-"""`fdd lab` and `fdd simteacher`: a controlled experiment with a simulated teacher.
+"""`fdd lab` and `fdd simteacher`: a controlled experiment with a SIMULATED teacher (not an LLM).
 
     fdd lab [configs/lab.yaml] [--dial wrong_program=0.2 ...]   the proving ground
     fdd simteacher --port 8765 [--dial ...]                     the simulated teacher alone

@@ -256,3 +256,13 @@ def test_planted_paraphrases_meet_the_real_filter(tmp_path):
     )
     caught = result.dropped["contaminated_ngram"] + result.dropped["contaminated_near"]
     assert 0 < caught <= len(planted)
+
+
+def test_cli_names_the_simulated_teacher_and_rejects_bad_dials(capsys):
+    from fdd.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert "SIMULATED teacher" in sub.choices["lab"].format_help()
+    assert "simulated teacher" in sub.choices["simteacher"].format_help().lower()
+    assert main(["lab", "configs/lab.yaml", "--dial", "wrong=0.5"]) == 2
+    assert "one of wrong_program" in capsys.readouterr().err
