@@ -26,7 +26,7 @@ LLAMA_CONSTRAINTS := constraints/llama.txt
 LLAMA_BUILD_ID := $(shell cat $(LLAMA_CONSTRAINTS) | { cat; echo "$(LLAMA_CMAKE_ARGS)"; } | cksum | cut -d' ' -f1)
 LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed-$(LLAMA_BUILD_ID)
 
-.PHONY: run test test-fast install clean-venv bench lint format lock
+.PHONY: run test test-fast install clean-venv bench lint format lock lab
 
 $(STAMP): pyproject.toml $(wildcard constraints/cpu*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/fdd run $(CONFIG)
+
+# The proving ground: real student, SIMULATED teacher (configs/lab.yaml, docs/EVIDENCE.md).
+LAB_CONFIG ?= configs/lab.yaml
+lab: $(STAMP)
+	$(BIN)/fdd lab $(LAB_CONFIG)
 
 test: $(STAMP) $(LLAMA_STAMP)
 	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian

@@ -8,6 +8,7 @@
     fdd deploy / fdd setup             Prefect deployments and the gpu concurrency limit
     fdd sweep CONFIG --vary K=V1,V2    variants of a config as one experiment
     fdd compare RUN_OR_EXPERIMENT...   accuracy, data and teacher cost side by side, plots
+    fdd lab [CONFIG]                   controlled experiment with the SIMULATED teacher
 
 Prefect is imported only by the commands that run flows, so `fdd --help` stays fast.
 """
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(q, required=False)
     q.set_defaults(func=cmd_config_show)
 
-    for module in ("fdd.eval_cmd", "fdd.deploy_cmd", "fdd.sweep_cmd"):
+    for module in ("fdd.eval_cmd", "fdd.deploy_cmd", "fdd.sweep_cmd", "fdd.lab_cmd"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError as exc:  # an optional command whose dependencies are missing

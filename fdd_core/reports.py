@@ -37,6 +37,9 @@ class RoundResult(BaseModel):
     base_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
     wall_time_s: dict[str, float] = Field(default_factory=dict)
     gpu_stages: list[str] = Field(default_factory=list)
+    # Truth-based measurements a controlled run adds afterwards (fdd lab: label precision,
+    # contamination recall; see fdd_core/world/lab.py). Empty for real runs.
+    lab_metrics: dict[str, float] = Field(default_factory=dict)
 
     def accuracy(self) -> dict[str, float]:
         return {k: float(v.get("accuracy", 0.0)) for k, v in self.metrics.items()}
@@ -61,6 +64,9 @@ class RoundResult(BaseModel):
         row["accepted"] = label.get("accepted", "") if label else ""
         for name, acc in self.accuracy().items():
             row[f"acc:{name}"] = round(acc, 4)
+        for key in ("label_precision", "contamination_recall"):
+            if key in self.lab_metrics:
+                row[key] = round(self.lab_metrics[key], 4)
         return row
 
 
