@@ -143,7 +143,7 @@ def run(args) -> int:
     """Evaluate, print a table of the scores and where the results were written."""
     from fdd_core.benchmarks import load_spec
     from fdd_core.data import DataFileNotFoundError, DataFormatError, DataUnavailableError
-    from fdd_core.evaluation import default_eval_dir, evaluate_model
+    from fdd_core.evaluation import benchmark_model, default_eval_dir
     from fdd_core.models import ModelNotFoundError
     from fdd_core.reports import text_table
 
@@ -160,7 +160,7 @@ def run(args) -> int:
         flush=True,
     )
     try:
-        results = evaluate_model(
+        results = benchmark_model(
             args.model,
             benchmarks,
             eval_cfg=cfg.evaluation,

@@ -210,10 +210,10 @@ def _baseline(cfg, run_dir: Path) -> dict[str, float]:
     """
     path = run_dir / "baseline" / "results.json"
     if not path.is_file():
-        from fdd_core.evaluation import evaluate_model
+        from fdd_core.evaluation import benchmark_model
 
         print("scoring the untrained student (baseline) ...", flush=True)
-        evaluate_model(
+        benchmark_model(
             cfg.student.model,
             cfg.evaluation.benchmarks,
             eval_cfg=cfg.evaluation,

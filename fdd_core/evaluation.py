@@ -17,7 +17,7 @@ Accuracy is correct / n. With an `out_dir`, the predictions (one JSON row per pr
 id, question, reference, program, answer, status, ...) and the result are written
 atomically as ``<out_dir>/predictions.jsonl`` and ``<out_dir>/result.json``.
 
-`evaluate_model(model, benchmarks, ...)` loads the student (a `ModelRef`, a trained folder,
+`benchmark_model(model, benchmarks, ...)` loads the student (a `ModelRef`, a trained folder,
 a checkpoint or a model name), evaluates each benchmark into ``<out_dir>/<benchmark>/`` and
 keeps a summary of all of them in ``<out_dir>/results.json`` (merged with earlier runs into
 the same folder). By default results are stored with the model: ``<model folder>/eval``,
@@ -57,7 +57,7 @@ __all__ = [
     "EvalResult",
     "default_eval_dir",
     "evaluate",
-    "evaluate_model",
+    "benchmark_model",
     "model_config_for",
     "read_predictions",
 ]
@@ -307,7 +307,7 @@ def default_eval_dir(model: str | ModelRef, cache_dir: str | Path | None = None)
     return root / "eval" / re.sub(r"[^A-Za-z0-9_.-]", "_", str(model))
 
 
-def evaluate_model(
+def benchmark_model(
     model: str | ModelRef,
     benchmarks: Sequence[str],
     *,
@@ -328,7 +328,7 @@ def evaluate_model(
     student_cfg)` and closed at the end.
     """
     if not benchmarks:
-        raise ValueError("evaluate_model needs at least one benchmark")
+        raise ValueError("benchmark_model needs at least one benchmark")
     specs = [load_spec(b) for b in benchmarks]  # fail on a bad name before loading a model
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

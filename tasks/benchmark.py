@@ -1,7 +1,7 @@
 """The benchmark stage: score a round's student on the configured test sets.
 
 One name throughout: module `tasks.benchmark`, Prefect task `benchmark`, function
-`benchmark_task`; the core function is `fdd_core.evaluation.evaluate_model` (shared with
+`benchmark_task`; the core function is `fdd_core.evaluation.benchmark_model` (shared with
 `fdd eval`).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import task
 
 from fdd_core.config import EvaluationConfig, SandboxConfig, StudentConfig
-from fdd_core.evaluation import evaluate_model
+from fdd_core.evaluation import benchmark_model
 from fdd_core.schemas import ModelRef
 from tasks.common import CACHE_POLICY
 
@@ -42,7 +42,7 @@ def benchmark_task(
     if not evaluation.benchmarks:
         return {}
     out = Path(run_dir) / f"round-{round_index}" / folder
-    results = evaluate_model(
+    results = benchmark_model(
         model if model is not None else student.model,
         evaluation.benchmarks,
         eval_cfg=evaluation,

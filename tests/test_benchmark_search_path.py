@@ -18,7 +18,7 @@ from fdd_core.benchmarks import (
     remove_benchmark_dir,
 )
 from fdd_core.config import ConfigError, EvaluationConfig, SandboxConfig, load_config
-from fdd_core.evaluation import evaluate_model
+from fdd_core.evaluation import benchmark_model
 from fdd_core.io import write_jsonl
 from fdd_core.preflight import check_data
 from fdd_core.stages import benchmark_test_questions
@@ -72,7 +72,7 @@ def test_env_search_path_spec_reaches_evaluation_decontamination_and_preflight(
     assert "tinyarith" in list_specs() and "gsm8k" in list_specs()
     assert load_spec("tinyarith").generation.max_tokens == 40
 
-    results = evaluate_model(
+    results = benchmark_model(
         "scripted",
         ["tinyarith"],
         eval_cfg=EvaluationConfig(benchmarks=["tinyarith"]),

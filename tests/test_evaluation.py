@@ -13,9 +13,9 @@ from fdd_core.benchmarks import list_specs, load_problems, load_spec
 from fdd_core.config import EvaluationConfig, SandboxConfig, StudentConfig, TrainingConfig
 from fdd_core.evaluation import (
     BUCKETS,
+    benchmark_model,
     default_eval_dir,
     evaluate,
-    evaluate_model,
     model_config_for,
     read_predictions,
 )
@@ -210,12 +210,12 @@ def test_evaluate_model_files_results_with_the_model_and_merges_the_summary(tmp_
     data = write_jsonl(tmp_path / "small.jsonl", problems_for(cases))
     backend = ScriptedBackend({q: text for q, (_, text, _) in CASES.items()})
     cfg = EvaluationConfig(limit=2)
-    first = evaluate_model(
+    first = benchmark_model(
         str(model_dir), [str(data)], eval_cfg=cfg, sandbox_cfg=SANDBOX, backend=backend
     )
     assert first["small"].n == 2 and first["small"].correct == 1
     assert Path(first["small"].predictions_path).parent == model_dir / "eval" / "small"
-    emb = evaluate_model(
+    emb = benchmark_model(
         str(model_dir),
         ["embedded"],
         eval_cfg=EvaluationConfig(limit=1),
@@ -283,7 +283,7 @@ def test_a_trained_student_scores_above_zero(tmp_path, tiny_causal_dir):
     data = write_jsonl(
         tmp_path / "seen.jsonl", [Problem.create(e.question, e.answer) for e in examples]
     )
-    results = evaluate_model(
+    results = benchmark_model(
         ref,
         [str(data)],
         eval_cfg=EvaluationConfig(),

@@ -20,7 +20,7 @@ def test_benchmark_task_hands_the_cache_dir_to_evaluate_model(tmp_path, monkeypa
         seen.update(kwargs, model=model, benchmarks=list(benchmarks))
         return {"embedded": Result()}
 
-    monkeypatch.setattr(mod, "evaluate_model", spy)  # the model load itself is not the point
+    monkeypatch.setattr(mod, "benchmark_model", spy)  # the model load itself is not the point
     cfg = load_config(None, [f"storage.cache_dir={tmp_path / 'cache'}"])
     out = mod.benchmark_task.fn(
         None,
