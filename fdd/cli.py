@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # Prefect's temporary API server gets 20 s to start by default: a loaded 2-core machine
+    # misses that and the run dies before any work ("Timed out while attempting to connect
+    # to ephemeral Prefect API server"). A user's own setting wins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
