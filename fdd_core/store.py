@@ -104,6 +104,11 @@ def write_version(
     manifest = {
         "version_id": vid,
         "parent_version": parent_version,
+        # Where the parent lives when it is not beside this version (a round 0 shared by the
+        # variants of an experiment): lineage() follows it there.
+        **({"parent_root": str(Path(parent.path).parent.absolute())}
+           if parent is not None and Path(parent.path).parent.absolute() != root.absolute()
+           else {}),
         "round": round,
         "n_rows": len(examples),
         "n_problems": len({e.problem_id for e in examples}),
@@ -312,24 +317,32 @@ def find_version(root: str | Path, version_id_or_prefix: str) -> DatasetRef:
 
 
 def lineage(root: str | Path, version_id: str) -> list[dict]:
-    """Manifests from the given version (id or unique prefix) back to its root version."""
+    """Manifests from the given version (id or unique prefix) back to its root version.
+
+    A parent is looked up beside its child first, then in the folder the child's manifest
+    names as `parent_root` (a round 0 shared by several runs lives outside each run).
+    """
     chain: list[dict] = []
     seen: set[str] = set()
     current: str | None = find_version(root, version_id).version_id
+    where = [Path(root)]
     while current is not None:
         if current in seen:
             raise StoreError(f"lineage of {version_id} under {root} loops at {current}")
         seen.add(current)
-        folder = Path(root) / current
-        if not (folder / MANIFEST_FILE).is_file():
+        folder = next((w / current for w in where if (w / current / MANIFEST_FILE).is_file()), None)
+        if folder is None:
             child = chain[-1]["version_id"] if chain else version_id
             raise VersionNotFoundError(
                 f"lineage of {version_id} is broken: parent {current} of {child} "
-                f"is not under {root}"
+                f"is not under {' nor '.join(str(w) for w in where)}"
             )
         manifest = read_manifest(folder)
         chain.append(manifest)
         current = manifest.get("parent_version")
+        where = [folder.parent]
+        if manifest.get("parent_root"):
+            where.append(Path(manifest["parent_root"]))
     return chain
 
 

@@ -221,3 +221,52 @@ def test_fdd_deploy_command_registers_against_the_server(deployed_runs, tmp_path
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert bad.returncode == 2
     assert "no-such-pool" in bad.stderr and "fdd setup" in bad.stderr
+
+
+def test_sweep_runs_its_variants_as_runs_of_the_deployment(deployed_runs, tmp_path):
+    """`fdd sweep --deployment`: the shared round 0 and each variant are runs of the
+    registered deployment, picked up by the pool's worker, linked to the sweep's flow run."""
+    if SCENARIO.flow_name != "fdd-distill":
+        pytest.skip("the demo scenario has no fdd-distill deployment to sweep over")
+    import json
+
+    stack = deployed_runs.stack
+    cmd = [sys.executable, "-m", "fdd", "sweep", str(deployed_runs.config_path),
+           "--vary", "synthesis.strategy=fdd,none", "--name", "dep-sweep",
+           "--out", str(tmp_path / "dep-sweep"), "--max-parallel", "2",
+           "--deployment", deployed_runs.deployment_ref]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=stack.client_env(), capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+    out = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, out + "\n" + stack.logs()
+    exp = json.loads((tmp_path / "dep-sweep" / "experiment.json").read_text())
+    assert [v["status"] for v in exp["variants"]] == ["completed", "completed"], out
+    assert [g["status"] for g in exp["shared_round0"]] == ["completed"]
+    labels = [v["flow_run_name"] for v in exp["variants"]]
+    labels.append(f"dep-sweep-round0-{exp['shared_round0'][0]['key']}")
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with stack.settings(), _client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=labels))
+        )
+        sweep_runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["sweep-dep-sweep"]))
+        )
+    by_name = {r.name: r for r in runs}
+    assert sorted(by_name) == sorted(labels)
+    assert [r.state.is_completed() for r in sweep_runs] == [True]
+    run_dirs = {v["flow_run_name"]: v["run_dir"] for v in exp["variants"]}
+    run_dirs[labels[-1]] = exp["shared_round0"][0]["run_dir"]
+    for label, run in by_name.items():
+        # A run of the deployment, on the pool's worker, not a local subflow of the sweep.
+        assert run.deployment_id == deployed_runs.deployment_id, label
+        assert run.work_pool_name == POOL, label
+        assert run.state is not None and run.state.is_completed(), f"{label}: {run.state!r}"
+        assert run.parameters["run_dir"] == run_dirs[label]
+        assert run.parent_task_run_id is not None, f"{label} is not linked to the sweep"
+    for v in exp["variants"]:
+        record = json.loads((Path(v["run_dir"]) / "run.json").read_text())
+        assert record["status"] == "completed"
+        assert record["config"]["synthesis"]["strategy"] == v["overrides"]["synthesis.strategy"]

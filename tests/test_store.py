@@ -308,6 +308,24 @@ def test_lineage_walks_back_to_the_root_version(tmp_path):
         lineage(tmp_path, refs[-1].version_id)
 
 
+def test_lineage_follows_a_parent_that_lives_in_another_folder(tmp_path):
+    # A sweep's round 0 is shared by its variants: D0 in one folder, D1 in each run's own.
+    shared, run = tmp_path / "shared", tmp_path / "run"
+    d0 = _write(shared, [_example(1, "original", 0)], parent=None, round=0)
+    d1 = _write(run, [_example(1, "original", 0), _example(2, "similar", 1)], parent=d0, round=1)
+    d2 = _write(run, [_example(3, "complex", 2)], parent=d1, round=2)
+    assert read_manifest(d1)["parent_root"] == str(shared.absolute())
+    assert "parent_root" not in read_manifest(d2)  # beside its parent: nothing to record
+    chain = lineage(run, d2.version_id)
+    assert [m["version_id"] for m in chain] == [d2.version_id, d1.version_id, d0.version_id]
+
+    import shutil
+
+    shutil.rmtree(d0.path)
+    with pytest.raises(StoreError, match=rf"parent {d0.version_id} of {d1.version_id}.*{shared}"):
+        lineage(run, d2.version_id)
+
+
 def test_list_versions_is_ordered_and_skips_temporaries(tmp_path):
     refs = _chain(tmp_path, 3)
     (tmp_path / ".tmp-deadbeef-x").mkdir()
