@@ -40,7 +40,8 @@ def _die(point: str) -> None:
 
 
 def install(point: str) -> None:
-    from fdd_core import store, training
+    from fdd_core import store
+    from fdd_core.training import student as training_student
 
     if point not in POINTS:
         raise SystemExit(f"unknown point {point!r}; one of {', '.join(POINTS)}")
@@ -80,15 +81,15 @@ def install(point: str) -> None:
         store._write_file = write_file
 
     if point == "checkpoint-weights-r1":
-        real_json = training.atomic_write_json
+        real_json = training_student.atomic_write_json
 
         def write_json(path, obj, *args, **kwargs):
             p = Path(path)
-            if p.name == training.META_FILE and "round-1" in str(p):
+            if p.name == training_student.META_FILE and "round-1" in str(p):
                 _die(point)
             return real_json(path, obj, *args, **kwargs)
 
-        training.atomic_write_json = write_json
+        training_student.atomic_write_json = write_json
 
 
 def main(argv: list[str]) -> int:

@@ -14,15 +14,16 @@ from fdd_core.schemas import Example, ModelRef, Problem, Rationale
 
 torch = pytest.importorskip("torch")
 
-from fdd_core import training  # noqa: E402  (needs torch: after the importorskip)
-from fdd_core.training import (  # noqa: E402
+from fdd_core.training import (  # noqa: E402  (needs torch: after the importorskip)
     IGNORE_INDEX,
     Encoded,
     collate,
     encode_examples,
     load_student,
+    modeling,
     plan_batches,
     read_model_ref,
+    student,
     student_model_config,
     train_student,
     training_config_hash,
@@ -181,11 +182,11 @@ def test_target_loss_counts_only_program_tokens_and_ignores_padding(
     enc, _ = encode_examples(make_examples(3), tokenizer, seq2seq=False, max_seq_len=512)
     with torch.no_grad():
         batch = collate(enc, tokenizer.pad_token_id)
-        assert training._takes_logits_to_keep(model)
-        got = training._target_loss(model, batch, seq2seq=False)
+        assert modeling._takes_logits_to_keep(model)
+        got = modeling._target_loss(model, batch, seq2seq=False)
         # Models without `logits_to_keep` compute every position and select the targets.
-        monkeypatch.setattr(training, "_takes_logits_to_keep", lambda m: False)
-        got_full = training._target_loss(model, batch, seq2seq=False)
+        monkeypatch.setattr(modeling, "_takes_logits_to_keep", lambda m: False)
+        got_full = modeling._target_loss(model, batch, seq2seq=False)
         # Reference: full logits, shifted by hand, per example without any padding.
         want = 0.0
         for e in enc:
@@ -419,7 +420,7 @@ def test_a_crash_while_saving_leaves_no_folder(tmp_path, tiny_causal_dir, monkey
     def fail(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(training, "_fsync_tree", fail)
+    monkeypatch.setattr(student, "_fsync_tree", fail)
     with pytest.raises(OSError, match="disk full"):
         train_student(
             make_examples(4),
