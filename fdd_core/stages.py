@@ -7,6 +7,9 @@ it lowers the yield and shows up in the counters.
 
 Seeds: every sampled call derives its seed from (config seed, stage, round), and the
 backends mix the prompt into it, so a prompt gets the same samples whichever shard it is in.
+
+The references tasks pass each other (`ProblemsRef`, `ShardResult`, shard files) live in
+`fdd_core.shards` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -31,7 +33,6 @@ from fdd_core.config import (
     TeacherConfig,
 )
 from fdd_core.grading import answers_match, majority_vote
-from fdd_core.io import atomic_write_json, read_jsonl, write_jsonl
 from fdd_core.parsing import extract_problems, extract_program
 from fdd_core.prompts import (
     PROGRAM_FENCE,
@@ -44,7 +45,17 @@ from fdd_core.prompts import (
     student_prompt,
 )
 from fdd_core.sandbox import Sandbox
-from fdd_core.schemas import Example, ModelRef, Problem, Rationale, content_hash
+from fdd_core.schemas import Example, ModelRef, Problem, Rationale
+from fdd_core.shards import (  # re-exported: the tasks import them from here
+    ProblemsRef,
+    ShardResult,
+    merge_stats,
+    problems_digest,
+    read_problems,
+    save_shard,
+    shard_bounds,
+    write_problems,
+)
 
 # Few-shot teachers tend to go on with a made-up next "Question:" after their program.
 PROGRAM_STOP = ("\nQuestion:",)
@@ -53,69 +64,12 @@ COMPLETION_STOP = ("```", "\nQuestion:")
 SYNTH_SOURCE = "fdd-synthetic"
 
 
-# --------------------------------------------------------------------------- references
-
-
-class ProblemsRef(BaseModel):
-    """A content-addressed JSONL file of problems (what tasks pass instead of lists)."""
-
-    model_config = ConfigDict(frozen=True)
-    path: str
-    digest: str
-    n: int
-
-
-class ShardResult(BaseModel):
-    """What a shard task returns: where its rows are, how many, and its counters."""
-
-    model_config = ConfigDict(frozen=True)
-    path: str
-    n_rows: int
-    stats: dict[str, int]
-
-
-def problems_digest(problems: Sequence[Problem]) -> str:
-    return content_hash(*(p.model_dump_json() for p in problems))
-
-
-def write_problems(folder: str | Path, name: str, problems: Sequence[Problem]) -> ProblemsRef:
-    """Write problems to `<folder>/<name>-<digest>.jsonl` (atomic, idempotent)."""
-    digest = problems_digest(problems)
-    path = Path(folder) / f"{name}-{digest}.jsonl"
-    if not path.is_file():
-        write_jsonl(path, (p.model_dump(mode="json") for p in problems))
-    return ProblemsRef(path=str(path), digest=digest, n=len(problems))
-
-
-def read_problems(ref: ProblemsRef | str | Path) -> list[Problem]:
-    path = ref.path if isinstance(ref, ProblemsRef) else str(ref)
-    return [Problem.model_validate(row) for row in read_jsonl(path)]
-
-
-def shard_bounds(n_items: int, shard_size: int) -> list[tuple[int, int]]:
-    """[start, end) of each shard; an empty input has no shards."""
-    return [(i, min(i + shard_size, n_items)) for i in range(0, n_items, shard_size)]
-
-
-def save_shard(path: str | Path, rows: Iterable[BaseModel], stats: dict[str, int]) -> ShardResult:
-    """Write a shard's rows and counters atomically (rows first, then the stats file)."""
-    rows = list(rows)
-    path = Path(path)
-    write_jsonl(path, (r.model_dump(mode="json") for r in rows))
-    atomic_write_json(path.with_suffix(".stats.json"), stats)
-    return ShardResult(path=str(path), n_rows=len(rows), stats=dict(stats))
+# --------------------------------------------------------------------------- seeds and counters
 
 
 def stage_seed(base: int, stage: str, round_index: int) -> int:
     digest = hashlib.sha256(f"{base}|{stage}|{round_index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def merge_stats(parts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total: Counter = Counter()
-    for part in parts:
-        total.update(part)
-    return dict(total)
 
 
 TEACHER_PREFIX = "teacher:"
@@ -596,6 +550,7 @@ __all__ = [
     "label_problems",
     "merge_examples",
     "merge_stats",
+    "problems_digest",
     "read_problems",
     "save_shard",
     "shard_bounds",
