@@ -106,9 +106,11 @@ def write_version(
         "parent_version": parent_version,
         # Where the parent lives when it is not beside this version (a round 0 shared by the
         # variants of an experiment): lineage() follows it there.
-        **({"parent_root": str(Path(parent.path).parent.absolute())}
-           if parent is not None and Path(parent.path).parent.absolute() != root.absolute()
-           else {}),
+        **(
+            {"parent_root": str(Path(parent.path).parent.absolute())}
+            if parent is not None and Path(parent.path).parent.absolute() != root.absolute()
+            else {}
+        ),
         "round": round,
         "n_rows": len(examples),
         "n_problems": len({e.problem_id for e in examples}),
