@@ -66,3 +66,35 @@ def stop_descendants(grace_s: float = 3.0) -> list[int]:
             except (ProcessLookupError, PermissionError):
                 pass
     return pids
+
+
+def stop_tree(pid: int, grace_s: float = 5.0) -> list[int]:
+    """Stop `pid` and every process below it (found before any is signalled): SIGTERM,
+    then SIGKILL for what is still alive after `grace_s`. Returns the pids signalled."""
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for p in pids:
+        if _alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with code 3' / 'was killed by signal SIGKILL (-9)' for a Popen returncode."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name} ({returncode})"
+    return f"exited with code {returncode}"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from fdd_core.config import StudentConfig, TrainingConfig
 from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.store import read_examples
 from fdd_core.training import train_student
+from fdd_core.training.launch import train_in_child
 from tasks.common import CACHE_POLICY, note_disk_full
 
 
@@ -33,6 +34,19 @@ def train_student_task(
         return None  # nothing to learn from: the base model stays the student
     out = Path(run_dir) / f"round-{round_index}" / "student"
     try:
+        if training.isolation == "process":
+            # A child process: the timeout and Ctrl-C stop it for real, an out-of-memory
+            # error stays in it, and its memory is returned when it ends.
+            return train_in_child(
+                dataset,
+                student.model,
+                training,
+                out,
+                dataset_version=dataset.version_id,
+                device=student.device,
+                cache_dir=cache_dir,
+                logger=get_run_logger(),
+            )
         return train_student(
             read_examples(dataset),
             student.model,

@@ -33,18 +33,38 @@ POINTS = (
 )
 
 
+# Set in a training child started through this module: the run it belongs to dies with it.
+_RUN_PID: int | None = None
+
+
 def _die(point: str) -> None:
-    sys.stdout.write(f"chaos_inject: SIGKILL at {point}\n")
+    message = f"chaos_inject: SIGKILL at {point}\n"
+    sys.stdout.write(message)
     sys.stdout.flush()
+    if _RUN_PID is not None:  # a node failure takes the `fdd` process down with its child
+        # Our stdout is a pipe to the run, which dies first: say it on the run's own stdout.
+        try:
+            with open(f"/proc/{_RUN_PID}/fd/1", "a") as out:
+                out.write(message)
+        except OSError:
+            pass
+        os.kill(_RUN_PID, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 def install(point: str) -> None:
     from fdd_core import store
+    from fdd_core.training import launch
     from fdd_core.training import student as training_student
 
     if point not in POINTS:
         raise SystemExit(f"unknown point {point!r}; one of {', '.join(POINTS)}")
+    # Students train in a child process (training.isolation "process"): start it through
+    # this module so that the same point is armed in there too.
+    run_pid = os.getpid()
+    launch.worker_command = lambda job, nproc: [
+        sys.executable, "-m", "tests.chaos_inject", point, "--train-worker", str(run_pid), str(job)
+    ]  # fmt: skip
     real_rename, real_replace = os.rename, os.replace
     calls = {"run.json": 0}
 
@@ -93,7 +113,14 @@ def install(point: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    global _RUN_PID
     point, rest = argv[0], argv[1:]
+    if rest[:1] == ["--train-worker"]:  # the training child of a run started by this module
+        _RUN_PID = int(rest[1])
+        install(point)
+        from fdd_core.training.worker import main as worker_main
+
+        return worker_main(rest[2:])
     install(point)
     from fdd.cli import main as fdd_main
 

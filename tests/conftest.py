@@ -79,3 +79,45 @@ def tiny_seq2seq_dir(tmp_path_factory, embedded_model_dir) -> Path:
     from fdd_core.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-seq2seq"), arch="seq2seq")
+
+
+# --------------------------------------------------------------------------- leaving
+
+# Prefect's log and event workers deliver what is still queued when the interpreter exits.
+# After the suite, the servers those items were meant for (each module's test harness, the
+# stacks) are stopped, so each item is retried against a closed port: in CI that kept the
+# finished suite's process alive for over an hour, past the job's time limit. Deliver
+# with a bound at the very end, then leave without waiting for what cannot arrive.
+_DRAIN_TIMEOUT_S = 20.0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._fdd_exitstatus = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    import sys
+
+    if "prefect" not in sys.modules or not hasattr(config, "_fdd_exitstatus"):
+        return
+    pending = 0
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            result = worker.drain_all(timeout=_DRAIN_TIMEOUT_S)
+            if isinstance(result, tuple):
+                pending += len(result[1])
+    except Exception as exc:  # noqa: BLE001 - leaving must not fail the suite
+        sys.stderr.write(f"conftest: could not drain Prefect's workers ({exc!r})\n")
+        pending = 1
+    if pending:
+        sys.stderr.write(
+            f"conftest: {pending} Prefect worker(s) still hold items for servers the tests "
+            f"have stopped; exiting with status {config._fdd_exitstatus} without waiting\n"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config._fdd_exitstatus)

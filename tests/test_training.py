@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -471,71 +470,3 @@ def test_embedded_model_lora_loss_falls(tmp_path, embedded_model_dir):
     assert len(losses) == 6
     assert losses[-1] < 0.8 * losses[0], losses
     assert meta["base_path"] == str(embedded_model_dir)
-
-
-_DDP_SCRIPT = """
-import sys, torch
-from fdd_core.config import TrainingConfig
-from fdd_core.training import train_student
-from tests.test_training import make_examples
-torch.set_num_threads(1)
-cfg = TrainingConfig(method="full", max_steps=2, batch_size=4, grad_accum=int(sys.argv[3]),
-                     group_by_length=False, warmup_ratio=0.0, learning_rate=1e-3)
-train_student(make_examples(16), sys.argv[1], cfg, sys.argv[2], device="cpu")
-"""
-
-
-@pytest.mark.slow
-def test_two_process_data_parallel_equals_gradient_accumulation(tmp_path, tiny_causal_dir):
-    """torchrun with 2 CPU processes (gloo DDP) takes the same steps as one process that
-    accumulates 2 micro-batches: same batches per step, loss normalised over the step."""
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-
-    script = tmp_path / "ddp_train.py"
-    script.write_text(_DDP_SCRIPT)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(tiny_causal_dir),
-            str(tmp_path / "ddp"),
-            "1",
-        ],
-        check=False,
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run(
-        [sys.executable, str(script), str(tiny_causal_dir), str(tmp_path / "one"), "2"],
-        check=False,
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    meta_ddp = json.loads((tmp_path / "ddp" / "meta.json").read_text())
-    meta_one = json.loads((tmp_path / "one" / "meta.json").read_text())
-    assert meta_ddp["num_processes"] == 2 and meta_one["num_processes"] == 1
-    assert meta_ddp["tokens_seen"] == meta_one["tokens_seen"]
-    a = load_file(tmp_path / "ddp" / "model.safetensors")
-    b = load_file(tmp_path / "one" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
-    assert math.isclose(meta_ddp["final_loss"], meta_one["final_loss"], rel_tol=1e-4)

@@ -297,6 +297,33 @@ class TrainingConfig(Section):
         description="Also log the loss per step to this tracker through accelerate "
         "(its package is imported only when chosen; logs go under the student folder).",
     )
+    # How the training runs, not what it computes: left out of training_config_hash.
+    isolation: Literal["process", "inline"] = Field(
+        "process",
+        description="'process': train in a child process that the task starts, watches and "
+        "stops (timeouts, Ctrl-C and out-of-memory stay in the child; its memory is returned "
+        "when it ends). 'inline': in the task's own process.",
+    )
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Training processes (data parallel, via torchrun) when isolation is "
+        "'process': 'auto' takes every visible GPU when there are several, else one; a number "
+        "forces it (on CPU, gloo).",
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock limit for one student's training (isolation 'process'): the "
+        "child processes are stopped when it passes and the task fails with TimeoutError. "
+        "Empty: no limit.",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _positive_processes(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 1024:
+            raise ValueError(f"must be 'auto' or a number from 1 to 1024, got {v}")
+        return v
 
 
 class EvaluationConfig(Section):

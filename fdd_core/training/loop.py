@@ -37,9 +37,13 @@ MAX_GRAD_NORM = 1.0  # gradient clipping; not worth a config field
 Padding = Literal["longest", "max_length"]
 
 
+# Settings of how a student is trained, not of what it learns: the same student either way.
+LAUNCH_FIELDS = frozenset({"isolation", "processes", "timeout_s"})
+
+
 def training_config_hash(cfg: TrainingConfig) -> str:
-    """Stable 16-hex hash of every training setting (cache keys, meta.json)."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    """Stable 16-hex hash of every training setting but LAUNCH_FIELDS (meta.json)."""
+    blob = json.dumps(cfg.model_dump(mode="json", exclude=set(LAUNCH_FIELDS)), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
