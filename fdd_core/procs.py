@@ -48,9 +48,8 @@ def _alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
-def stop_descendants(grace_s: float = 3.0) -> list[int]:
-    """SIGTERM every descendant, SIGKILL the ones still alive after `grace_s`; their pids."""
-    pids = descendants()
+def _stop(pids: list[int], grace_s: float, more=lambda: []) -> list[int]:
+    """SIGTERM `pids`, SIGKILL the ones (and `more()`) still alive after `grace_s`."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -59,7 +58,7 @@ def stop_descendants(grace_s: float = 3.0) -> list[int]:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
-    for pid in pids + descendants():  # and anything started meanwhile
+    for pid in pids + more():
         if _alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -68,25 +67,15 @@ def stop_descendants(grace_s: float = 3.0) -> list[int]:
     return pids
 
 
+def stop_descendants(grace_s: float = 3.0) -> list[int]:
+    """SIGTERM every descendant, SIGKILL the ones still alive after `grace_s`; their pids."""
+    return _stop(descendants(), grace_s, more=descendants)  # and anything started meanwhile
+
+
 def stop_tree(pid: int, grace_s: float = 5.0) -> list[int]:
     """Stop `pid` and every process below it (found before any is signalled): SIGTERM,
     then SIGKILL for what is still alive after `grace_s`. Returns the pids signalled."""
-    pids = [pid, *descendants(pid)]
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for p in pids:
-        if _alive(p):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
+    return _stop([pid, *descendants(pid)], grace_s)
 
 
 def describe_exit(returncode: int) -> str:
