@@ -101,21 +101,17 @@ def pytest_unconfigure(config):
 
     if "prefect" not in sys.modules or not hasattr(config, "_fdd_exitstatus"):
         return
-    pending = 0
     try:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
+        from tests import prefect_workers
 
-        for worker in (APILogWorker, EventsWorker):
-            result = worker.drain_all(timeout=_DRAIN_TIMEOUT_S)
-            if isinstance(result, tuple):
-                pending += len(result[1])
+        prefect_workers.drain(timeout=_DRAIN_TIMEOUT_S)
+        pending = prefect_workers.dropped  # this drain's and any earlier one's
     except Exception as exc:  # noqa: BLE001 - leaving must not fail the suite
         sys.stderr.write(f"conftest: could not drain Prefect's workers ({exc!r})\n")
         pending = 1
     if pending:
         sys.stderr.write(
-            f"conftest: {pending} Prefect worker(s) still hold items for servers the tests "
+            f"conftest: {pending} Prefect log/event item(s) are still queued for servers the tests "
             f"have stopped; exiting with status {config._fdd_exitstatus} without waiting\n"
         )
         sys.stdout.flush()

@@ -116,6 +116,9 @@ def _stop_all() -> None:
     _STATE["stack"] = None
     _STATE["runs"] = None
     if stack is not None:
+        from tests.prefect_workers import drain
+
+        drain()  # what in-process clients queued for this server, while it still runs
         stack.stop()
         remove_stack_files(stack)
 

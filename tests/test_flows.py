@@ -132,13 +132,12 @@ def tiny_config(world, teacher_url, student_dir, root, run_name, cache_dir) -> R
 
 @pytest.fixture(scope="module")
 def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
     from fdd_core.backends import clear_backends
     from tasks.common import close_sandboxes
+    from tests.prefect_workers import isolated_harness
 
     try:
-        with prefect_test_harness(server_startup_timeout=60):
+        with isolated_harness(startup_timeout=60):
             yield
     finally:  # the flows memoize sandboxes and models per process: free them
         close_sandboxes()

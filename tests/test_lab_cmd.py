@@ -23,13 +23,12 @@ def harness(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
     from fdd_core.backends import clear_backends
     from tasks.common import close_sandboxes
+    from tests.prefect_workers import isolated_harness
 
     try:
-        with prefect_test_harness(server_startup_timeout=120):
+        with isolated_harness(startup_timeout=120):
             yield
     finally:  # the flows memoize sandboxes and models per process: free them
         close_sandboxes()
