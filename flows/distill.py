@@ -53,6 +53,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
 def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
+    given = flow_run.parameters.get("flow_run_label")
+    if given:  # a name chosen by the caller (a sweep's variant label) is kept as it is
+        return str(given)
     cfg = flow_run.parameters.get("config")
     if isinstance(cfg, dict):
         cfg = RunConfig.model_validate(cfg)
@@ -60,8 +63,15 @@ def _flow_run_name() -> str:
 
 
 @flow(name="fdd-distill", flow_run_name=_flow_run_name, log_prints=True)
-def fdd_distill(config: RunConfig, run_dir: str | None = None) -> DistillResult:
-    """Distill the teacher into a student over 1 + config.rounds.n_rounds rounds."""
+def fdd_distill(
+    config: RunConfig, run_dir: str | None = None, flow_run_label: str | None = None
+) -> DistillResult:
+    """Distill the teacher into a student over 1 + config.rounds.n_rounds rounds.
+
+    `flow_run_label` names the flow run (default: the run name from the config). For a run
+    of a deployment pass it rather than `flow_run_name=` to `run_deployment`: the worker that
+    executes the run renames it from the flow's own template, so only a parameter survives.
+    """
     log = get_run_logger()
     cfg = config
     run_path = Path(run_dir).resolve() if run_dir else run_dir_for(cfg)

@@ -52,7 +52,11 @@ def run_one(label: str, config: RunConfig, run_dir: str, deployment: str | None)
 
             flow_run = run_deployment(
                 name=deployment,
-                parameters={"config": config.model_dump(mode="json"), "run_dir": run_dir},
+                parameters={
+                    "config": config.model_dump(mode="json"),
+                    "run_dir": run_dir,
+                    "flow_run_label": label,  # the worker renames the run from this parameter
+                },
                 flow_run_name=label,
                 timeout=None,
                 as_subflow=True,
@@ -64,7 +68,7 @@ def run_one(label: str, config: RunConfig, run_dir: str, deployment: str | None)
             return {"status": "completed", "error": None}
         from flows.distill import fdd_distill
 
-        fdd_distill.with_options(flow_run_name=label)(config=config, run_dir=run_dir)
+        fdd_distill(config=config, run_dir=run_dir, flow_run_label=label)
         return {"status": "completed", "error": None}
     except BaseException as exc:  # a variant's failure is a value here, not a crash
         if isinstance(exc, KeyboardInterrupt):
