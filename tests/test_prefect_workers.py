@@ -1,8 +1,9 @@
 """tests/prefect_workers.py: a drain that cannot hang on a server that has gone.
 
 A real Prefect events worker, aimed at a server that accepts connections and never answers
-(a stopped server behind a proxy, or one hung), holds an event that it cannot deliver. Prefect's own `drain_all()` (what `prefect_test_harness` calls on exit)
-waits for it without a bound; after `drain(timeout)` it must not see it any more.
+(a stopped server behind a proxy, or one hung), holds an event that it cannot deliver.
+Prefect's own `drain_all()` (what `prefect_test_harness` calls on exit) would wait for it
+without a bound; after `drain(timeout)` it is no longer registered, so it cannot.
 """
 
 from __future__ import annotations
