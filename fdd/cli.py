@@ -20,9 +20,11 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fdd_core.config import EMBEDDED_MODEL, ConfigError, RunConfig, dump_config, load_config
+from fdd_core.schedules import RunNameError, check_run_name
 
 EMBEDDED_NOTE = (
     "Note: the teacher is the embedded SmolLM2-135M-Instruct. It runs anywhere (no GPU, no "
@@ -59,7 +61,12 @@ def _load(args) -> RunConfig:
 def cmd_run(args) -> int:
     cfg = _load(args)
     if args.run_name:
-        cfg.storage.run_name = args.run_name
+        try:
+            cfg.storage.run_name = check_run_name(args.run_name)
+        except RunNameError as exc:
+            raise SystemExit(f"fdd run: --run-name: {exc}") from None
+    if args.add_rounds < 0:
+        raise SystemExit(f"fdd run: --add-rounds must be 1 or more (got {args.add_rounds})")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if cfg.teacher.model == EMBEDDED_MODEL and cfg.teacher.backend == "hf":
         print(EMBEDDED_NOTE, flush=True)
@@ -69,13 +76,25 @@ def cmd_run(args) -> int:
         print("checking the config, data, models and endpoints ...", flush=True)
         preflight(cfg)
     from fdd_core.reports import text_table
+    from fdd_core.schedules import plan_continuation
     from flows.distill import fdd_distill, run_dir_for
 
-    run_dir = run_dir_for(cfg)
+    plan = plan_continuation(cfg, args.add_rounds) if args.add_rounds else None
+    if plan is not None:
+        print(f"--add-rounds {args.add_rounds}: {plan.describe()}", flush=True)
+        cfg, run_dir = plan.config, plan.run_dir
+    else:
+        if args.add_rounds:
+            print(
+                f"--add-rounds {args.add_rounds}: no earlier run of this config under "
+                f"{cfg.storage.root}; running it as given (rounds.n_rounds={cfg.rounds.n_rounds})",
+                flush=True,
+            )
+        run_dir = run_dir_for(cfg, when=datetime.now(timezone.utc))  # a template: named now
     print(f"run folder: {run_dir}", flush=True)
     refuse_if_locked(run_dir)
     start = time.monotonic()
-    result = fdd_distill(config=cfg)
+    result = fdd_distill(config=cfg, run_dir=str(run_dir), flow_run_label=run_dir.name)
     elapsed = time.monotonic() - start
     print()
     print(text_table([r.row() for r in result.rounds]), end="")
@@ -263,7 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the FDD parent flow on a config")
     _add_config_args(p)
-    p.add_argument("--run-name", help="run folder name (default: derived from the config hash)")
+    p.add_argument(
+        "--run-name",
+        help="run folder name (default: derived from the config hash); may be a template "
+        "with {date}, {time}, {datetime} (UTC) or {hash}, e.g. nightly-{date}",
+    )
+    p.add_argument(
+        "--add-rounds",
+        type=int,
+        metavar="N",
+        default=0,
+        help="continue the latest run of this config (any run name) with N more rounds after "
+        "its last finished one, instead of starting a run",
+    )
     p.add_argument(
         "--skip-preflight",
         action="store_true",

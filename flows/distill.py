@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from signal import SIG_DFL
 
@@ -33,6 +34,7 @@ from fdd_core.reports import (
     write_report,
     write_run_record,
 )
+from fdd_core.schedules import is_template, plan_continuation, render_run_name
 from fdd_core.versioning import code_fingerprint, file_fingerprint
 from flows.common import artifact_key, task_options
 from flows.report import publish_report_artifacts
@@ -42,12 +44,24 @@ from tasks.common import check_result_files, close_sandboxes, result_storage
 from tasks.data import load_problems
 
 
-def run_name_for(cfg: RunConfig) -> str:
-    return cfg.storage.run_name or f"fdd-{cfg.config_hash()[:10]}"
+def run_name_for(cfg: RunConfig, when: datetime | None = None) -> str:
+    """The run folder's name. A template (`nightly-{date}`) is filled from `when`, by default
+    the scheduled start of the current flow run (now, outside one): every call for one flow
+    run gives the same name, and each tick of a schedule a folder of its own."""
+    name = cfg.storage.run_name
+    if not name:
+        return f"fdd-{cfg.config_hash()[:10]}"
+    if not is_template(name):
+        return name
+    if when is None:
+        from prefect.runtime import flow_run
+
+        when = flow_run.scheduled_start_time
+    return render_run_name(name, when=when, hash_=cfg.config_hash())
 
 
-def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.storage.root).expanduser().resolve() / run_name_for(cfg)
+def run_dir_for(cfg: RunConfig, when: datetime | None = None) -> Path:
+    return Path(cfg.storage.root).expanduser().resolve() / run_name_for(cfg, when)
 
 
 def _flow_run_name() -> str:
@@ -64,16 +78,36 @@ def _flow_run_name() -> str:
 
 @flow(name="fdd-distill", flow_run_name=_flow_run_name, log_prints=True)
 def fdd_distill(
-    config: RunConfig, run_dir: str | None = None, flow_run_label: str | None = None
+    config: RunConfig,
+    run_dir: str | None = None,
+    flow_run_label: str | None = None,
+    add_rounds: int = 0,
 ) -> DistillResult:
     """Distill the teacher into a student over 1 + config.rounds.n_rounds rounds.
 
     `flow_run_label` names the flow run (default: the run name from the config). For a run
     of a deployment pass it rather than `flow_run_name=` to `run_deployment`: the worker that
     executes the run renames it from the flow's own template, so only a parameter survives.
+
+    `add_rounds` > 0 continues instead: the latest run of this config (or the one in
+    `run_dir`) gets that many rounds after its last finished one (a schedule's way to make
+    progress; fdd_core/schedules.py). With no earlier run, the config runs as given.
     """
     log = get_run_logger()
     cfg = config
+    if add_rounds:
+        plan = plan_continuation(cfg, add_rounds, run_dir)
+        if plan is None:
+            log.info(
+                "add_rounds=%d: no earlier run of this config under %s; running it as given "
+                "(rounds.n_rounds=%d)",
+                add_rounds,
+                cfg.storage.root,
+                cfg.rounds.n_rounds,
+            )
+        else:
+            log.info("add_rounds=%d: %s", add_rounds, plan.describe())
+            cfg, run_dir = plan.config, str(plan.run_dir)
     run_path = Path(run_dir).resolve() if run_dir else run_dir_for(cfg)
     run_path.mkdir(parents=True, exist_ok=True)
     # One run per folder: refuse at once (naming the holder) before touching run.json.

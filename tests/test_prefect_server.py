@@ -270,3 +270,88 @@ def test_sweep_runs_its_variants_as_runs_of_the_deployment(deployed_runs, tmp_pa
         record = json.loads((Path(v["run_dir"]) / "run.json").read_text())
         assert record["status"] == "completed"
         assert record["config"]["synthesis"]["strategy"] == v["overrides"]["synthesis.strategy"]
+
+
+def _tick(deployed_runs, parameters: dict, when=None):
+    """One tick of the cron-scheduled deployment, triggered by hand (optionally as scheduled
+    at `when`), run by the pool's worker; returns the final flow run."""
+    from prefect.deployments import run_deployment
+
+    from tests.fixtures_prefect import FLOW_NAME, RUN_TIMEOUT_S, _wait_final
+
+    with deployed_runs.stack.settings():
+        created = run_deployment(
+            f"{FLOW_NAME}/{DEPLOYMENT_NAME}", parameters=parameters, scheduled_time=when,
+            timeout=0,
+        )  # fmt: skip
+        run = _wait_final(created.id, RUN_TIMEOUT_S)
+    assert run.state is not None and run.state.is_completed(), (
+        f"{run.name}: {run.state!r}\n{deployed_runs.stack.logs()}"
+    )
+    return run
+
+
+def _teacher_requests(deployed_runs) -> int:
+    log = Path(deployed_runs.config_path).parent / "teacher-requests.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_scheduled_ticks_make_progress_by_run_name_template_or_by_added_rounds(
+    deployed_runs, tmp_path
+):
+    """The two meanings a schedule can have (fdd_core/schedules.py), on the cron-scheduled
+    deployment of a real Prefect server with its ticks triggered by hand:
+    a run-name template gives each tick its own run folder (named from the tick's scheduled
+    time) while the teacher's request cache is shared, and `add_rounds` extends the latest
+    run of the config by a round per tick, the finished rounds being cache hits."""
+    if SCENARIO.flow_name != "fdd-distill":
+        pytest.skip("the demo scenario has no fdd-distill deployment")
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    import yaml
+
+    with deployed_runs.stack.settings(), _client() as client:
+        dep = client.read_deployment(deployed_runs.deployment_id)
+    assert [s.schedule.cron for s in dep.schedules] == [CRON]  # the ticks are of this schedule
+
+    base = yaml.safe_load(Path(deployed_runs.config_path).read_text())
+    base["teacher"]["request_cache"] = True
+
+    # 1. A fresh run per tick: two ticks, as scheduled on two nights.
+    nightly = json.loads(json.dumps(base))
+    nightly["storage"].update(root=str(tmp_path / "nightly"), run_name="tick-{datetime}")
+    day = datetime.now(timezone.utc).replace(hour=3, minute=0, second=0, microsecond=0)
+    nights = [day - timedelta(days=2), day - timedelta(days=1)]
+    names = [f"tick-{n.strftime('%Y-%m-%dT%H%M%S')}" for n in nights]
+    before = _teacher_requests(deployed_runs)
+    first = _tick(deployed_runs, {"config": nightly}, nights[0])
+    paid_first = _teacher_requests(deployed_runs) - before
+    second = _tick(deployed_runs, {"config": nightly}, nights[1])
+    paid_second = _teacher_requests(deployed_runs) - before - paid_first
+    assert [first.name, second.name] == names
+    for name in names:
+        record = json.loads((tmp_path / "nightly" / name / "run.json").read_text())
+        assert record["status"] == "completed" and len(record["rounds"]) == 1
+    assert paid_first > 0
+    assert paid_second == 0, "the second tick asked the teacher again (request cache not shared)"
+
+    # 2. One run that grows a round per tick.
+    growing = json.loads(json.dumps(base))
+    growing["storage"].update(root=str(tmp_path / "growing"), run_name="grow")
+    run_json = tmp_path / "growing" / "grow" / "run.json"
+    _tick(deployed_runs, {"config": growing})
+    r0 = json.loads(run_json.read_text())["rounds"]
+    assert [r["round"] for r in r0] == [0]
+    for want in (1, 2):
+        before = _teacher_requests(deployed_runs)
+        _tick(deployed_runs, {"config": growing, "add_rounds": 1})
+        record = json.loads(run_json.read_text())
+        assert record["status"] == "completed"
+        assert [r["round"] for r in record["rounds"]] == list(range(want + 1))
+        assert record["n_rounds"] == want
+        # The finished rounds are the same (cache hits): same dataset versions and students.
+        assert record["rounds"][0]["dataset"] == r0[0]["dataset"]
+        assert record["rounds"][0]["model"] == r0[0]["model"]
+        assert _teacher_requests(deployed_runs) > before  # the new round did ask the teacher
+        r0 = record["rounds"]

@@ -394,7 +394,10 @@ class OrchestrationConfig(Section):
 class StorageConfig(Section):
     root: str = Field("runs", description="Folder holding every run (relative to the cwd).")
     run_name: str | None = Field(
-        None, description="Run folder name; None derives it from the config hash."
+        None,
+        description="Run folder name; None derives it from the config hash. A template with "
+        "{date}, {time}, {datetime} (the run's scheduled start, UTC) or {hash} gives each "
+        "scheduled run a folder of its own (fdd_core/schedules.py).",
     )
     cache_dir: str | None = Field(
         None,
@@ -412,6 +415,13 @@ class StorageConfig(Section):
         "are the same (runs that differ only in synthesis.* or rounds.*); `fdd sweep` sets it "
         "to <experiment>/shared. None: round 0 lives in the run folder.",
     )
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_template(cls, v: str | None) -> str | None:
+        from fdd_core.schedules import check_run_name
+
+        return None if v is None else check_run_name(v)
 
 
 class RunConfig(Section):
