@@ -20,6 +20,10 @@ import pytest
 from fdd_core.config import RunConfig, dump_config
 from tests.chaos import REPO, Teacher, fdd_cmd, fdd_env, start_fdd, versions, wait_for
 from tests.chaos_inject import POINTS
+from tests.fixtures_prefect import (  # noqa: F401  (the fixtures register themselves)
+    prefect_stack_fixture,
+    prefect_stack_guard_fixture,
+)
 from tests.servers.scripted_teacher import numbers_in, world_question
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -184,6 +188,67 @@ def test_teacher_down_and_back_the_run_finishes_by_itself(
     extra = len(sent) - len(reference["requests"])
     assert sorted(set(sent)) == sorted(set(reference["requests"]))
     assert 0 <= extra <= WORKERS * SHARD, (extra, len(sent), len(reference["requests"]))
+
+
+SERVER_DOWN_S = 15
+
+
+def test_prefect_server_restart_mid_run_rides_through_or_fails_clearly_then_resumes(
+    reference, teacher, world, tiny_causal_dir, prefect_stack, tmp_path
+):
+    """Chaos 4: `fdd run` against the PostgreSQL-backed Prefect server, which is stopped
+    mid-round 1 and started again (same port, same database) 15 s later."""
+    cfg = chaos_config(world, teacher.url, tiny_causal_dir, tmp_path / "runs", "api-restart")
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    run_dir = tmp_path / "runs" / "api-restart"
+    env = dict(fdd_env(tmp_path / "prefect-home"), PREFECT_API_URL=prefect_stack.api_url)
+    log = tmp_path / "fdd.log"
+    proc = start_fdd(path, env, log=log)
+    synth = run_dir / "round-1" / "synth-similar"
+    try:
+        wait_for(
+            lambda: synth.is_dir() and any(synth.glob("*.stats.json")),
+            600,
+            proc,
+            "the first round-1 synthesis shard",
+        )
+        prefect_stack.server.stop()
+        time.sleep(SERVER_DOWN_S)
+        prefect_stack.start_server()
+        rc = proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if prefect_stack.server is None or not prefect_stack.server.alive():
+            prefect_stack.start_server()  # for the tests after this one
+    out = log.read_text()
+    _assert_nothing_half_written_looks_whole(run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    if rc != 0:
+        # It failed: with a message that says the Prefect API could not be reached, and
+        # `run.json` says failed, not completed. A plain re-run must then resume.
+        assert record["status"] in ("failed", "running"), record["status"]
+        assert prefect_stack.api_url.split("/api")[0] in out or "Prefect" in out, out[-5000:]
+        done = subprocess.run(fdd_cmd(path), cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        record = json.loads((run_dir / "run.json").read_text())
+    print(f"chaos 4: the run {'rode through' if rc == 0 else f'failed (rc={rc}), then resumed'}")
+    assert record["status"] == "completed"
+    assert versions(run_dir) == reference["versions"]
+    # The run's flow runs are on that server (it was the run's API, not a temporary one).
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with prefect_stack.settings(), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["api-restart"]))
+        )
+    assert runs, "no flow run named api-restart on the stack's server"
+    # The flow run's final state reached the server (the last run, after a re-run).
+    last = max(runs, key=lambda r: r.created)
+    assert last.state is not None and last.state.is_completed(), last.state
 
 
 def _stop_and_check(proc, sig, *, group: bool, what: str) -> tuple[float, list[int]]:
