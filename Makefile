@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.fdd-installed
 # constraints/cpu.txt includes constraints/cpu-lock.txt: every package of the install pinned
 # (regenerate with `make lock` after changing dependencies; tests/test_pins.py checks it).
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= train,dask,dev
+EXTRAS ?= train,dask,ray,dev
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 # A real OpenAI-compatible server for the openai backend's integration test: llama.cpp's

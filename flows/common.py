@@ -14,6 +14,7 @@ from fdd_core.backends.registry import backend_spec, device_on_gpu
 from fdd_core.config import ModelConfig, RunConfig
 from fdd_core.stages import shard_bounds
 from fdd_core.tags import GPU_TAG
+from flows.runners import shard_resources
 from tasks.common import (
     CheckedPickleSerializer,
     result_storage,
@@ -86,7 +87,8 @@ def run_mapped(
     progress = create_progress_artifact(
         0.0, key=progress_key, description=f"{label}: 0/{len(bounds)} shards"
     )
-    futures = [task_fn.submit(**make_kwargs(i, b)) for i, b in enumerate(bounds)]
+    with shard_resources(task_fn):  # Ray: a GPU-tagged shard asks for its GPU
+        futures = [task_fn.submit(**make_kwargs(i, b)) for i, b in enumerate(bounds)]
     last = time.monotonic()
     for done, _ in enumerate(as_completed(futures), start=1):
         # At most one update every couple of seconds (each is an API call), plus the last.

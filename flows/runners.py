@@ -6,7 +6,8 @@
   set (e.g. tcp://scheduler:8786, one worker per GPU node), else on a local cluster of
   `max_workers` single-threaded workers.
 - "ray": `prefect_ray.RayTaskRunner`, on `runner_address` (e.g. ray://head:10001) or a local
-  Ray instance.
+  Ray instance of `max_workers` CPUs. A shard task tagged `gpu` (its model is on a GPU)
+  asks Ray for one GPU (`shard_resources`), so Ray places it on a node that has one free.
 
 The Dask and Ray integrations are optional extras, imported only when asked for; a missing
 one fails with the pip command that installs it. A flow picks its runner per run:
@@ -16,12 +17,19 @@ one fails with the pip command that installs it. A flow picks its runner per run
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fdd_core.config import OrchestrationConfig
+from fdd_core.tags import GPU_TAG
+
+# What one GPU-tagged shard asks Ray for. One GPU a shard: a generation shard holds one
+# model copy (a vLLM teacher over several GPUs asks for them through its own config).
+RAY_GPUS_PER_GPU_SHARD = 1
 
 _EXTRAS = {
     "dask": ("prefect_dask", "DaskTaskRunner"),
@@ -82,3 +90,27 @@ def make_task_runner(orch: OrchestrationConfig, *, local_processes: bool = True)
     raise ValueError(
         f"orchestration.task_runner must be one of threads, dask, ray; got {orch.task_runner!r}"
     )
+
+
+def ray_remote_options(tags: Iterable[str]) -> dict[str, Any]:
+    """The `ray.remote` options for a shard task with these tags (empty: Ray's defaults)."""
+    return {"num_gpus": RAY_GPUS_PER_GPU_SHARD} if GPU_TAG in set(tags) else {}
+
+
+@contextlib.contextmanager
+def shard_resources(task_fn) -> Iterator[dict[str, Any]]:
+    """Around `task_fn.submit(...)`: under a Ray task runner, a GPU-tagged task asks Ray for
+    its GPU (prefect_ray's `remote_options`); under any other runner, nothing changes (a
+    Prefect server's `gpu` tag concurrency limit applies as always). Yields the options."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
+    options = ray_remote_options(getattr(task_fn, "tags", ()) or ())
+    if not options or type(runner).__module__.split(".")[0] != "prefect_ray":
+        yield {}
+        return
+    from prefect_ray.context import remote_options
+
+    with remote_options(**options):
+        yield options

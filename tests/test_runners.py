@@ -10,7 +10,6 @@ add (pickling the task) is Dask's business, not this module's.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 
@@ -109,9 +108,72 @@ def test_dask_runner_uses_given_scheduler_address():
     assert local.cluster_kwargs["threads_per_worker"] == 1
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("prefect_ray") is not None, reason="prefect-ray is installed"
-)
-def test_missing_extra_names_the_pip_command():
+def test_missing_extra_names_the_pip_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prefect_ray", None)  # import fails as if not installed
     with pytest.raises(TaskRunnerUnavailable, match=r"pip install 'fdd\[ray\]'"):
         make_task_runner(OrchestrationConfig(task_runner="ray"))
+
+
+def test_ray_runner_uses_given_address_or_a_local_instance_of_max_workers_cpus():
+    pytest.importorskip("prefect_ray", reason="needs the ray extra: pip install 'fdd[ray]'")
+    remote = make_task_runner(OrchestrationConfig(task_runner="ray", runner_address="ray://h:1"))
+    assert remote.address == "ray://h:1"
+    local = make_task_runner(OrchestrationConfig(task_runner="ray", max_workers=3))
+    assert local.address is None and local.init_kwargs["num_cpus"] == 3
+
+
+def test_only_gpu_tagged_shards_ask_ray_for_a_gpu():
+    from fdd_core.tags import GPU_TAG
+    from flows.runners import ray_remote_options
+
+    assert ray_remote_options({GPU_TAG, "fdd"}) == {"num_gpus": 1}
+    assert ray_remote_options({"fdd"}) == {} and ray_remote_options(()) == {}
+
+
+@task
+def _remote_options_seen() -> dict:
+    return {}
+
+
+@flow
+def _options_flow() -> dict:
+    """What shard_resources builds for a GPU-tagged and an untagged task, under this flow's
+    runner, as prefect_ray's submit would read it (RemoteOptionsContext)."""
+    from fdd_core.tags import GPU_TAG
+    from flows.runners import shard_resources
+
+    seen = {}
+    for name, fn in (("gpu", _remote_options_seen.with_options(tags={GPU_TAG})),
+                     ("cpu", _remote_options_seen)):  # fmt: skip
+        with shard_resources(fn) as opts:
+            try:
+                from prefect_ray.context import RemoteOptionsContext
+
+                current = dict(RemoteOptionsContext.get().current_remote_options)
+            except ImportError:
+                current = None
+            seen[name] = (opts, current)
+    return seen
+
+
+@pytest.mark.slow
+def test_ray_local_instance_matches_thread_runner_and_gpu_shards_ask_for_a_gpu():
+    """A local Ray instance (started by the runner, 2 CPUs) runs the mapped shards in Ray's
+    worker processes with the thread runner's results; under it a GPU-tagged shard is
+    submitted with num_gpus=1 (checked on the options built: CI has no GPU), an untagged one
+    with none, and under the thread runner nothing is added."""
+    pytest.importorskip("prefect_ray", reason="needs the ray extra: pip install 'fdd[ray]'")
+    threads = _run(make_task_runner(OrchestrationConfig(task_runner="threads", max_workers=2)))
+    ray_runner = make_task_runner(OrchestrationConfig(task_runner="ray", max_workers=2))
+    on_ray = _run(ray_runner)
+    assert _payload(on_ray) == _payload(threads)
+    assert os.getpid() not in {r["pid"] for r in on_ray}  # Ray's worker processes did it
+
+    seen = _options_flow.with_options(
+        task_runner=make_task_runner(OrchestrationConfig(task_runner="ray", max_workers=2))
+    )()
+    assert seen == {"gpu": ({"num_gpus": 1}, {"num_gpus": 1}), "cpu": ({}, {})}
+    plain = _options_flow.with_options(task_runner=make_task_runner(OrchestrationConfig()))()
+    assert plain == {"gpu": ({}, {}), "cpu": ({}, {})}
