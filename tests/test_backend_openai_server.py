@@ -26,6 +26,7 @@ import pytest
 
 from fdd_core.backends.base import SamplingParams
 from fdd_core.backends.openai_api import OpenAIBackend, OpenAIBackendError
+from fdd_core.procs import describe_exit
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -88,20 +89,9 @@ class Server:
         code = self.proc.poll()
         if code is None:
             return None
-        return f"llama.cpp server {exit_description(code)}; last lines of its log:\n" + log_tail(
+        return f"llama.cpp server {describe_exit(code)}; last lines of its log:\n" + log_tail(
             self.log_path
         )
-
-
-def exit_description(code: int) -> str:
-    """'was killed by signal SIGILL (-4)' or 'exited with code 1'."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by signal {name} ({code})"
-    return f"exited with code {code}"
 
 
 def log_tail(path: Path, chars: int = 2000) -> str:
@@ -267,5 +257,5 @@ def test_server_death_is_reported_with_its_signal_and_log(tmp_path):
     proc.wait(timeout=10)
     message = Server("http://127.0.0.1:9/v1", proc, log).death()
     assert message is not None
-    assert "killed by signal SIGILL (-4)" in message and "Illegal instruction" in message
-    assert exit_description(3) == "exited with code 3"
+    assert "killed by SIGILL (-4)" in message and "Illegal instruction" in message
+    assert describe_exit(3) == "exited with code 3"
