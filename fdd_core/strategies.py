@@ -12,7 +12,8 @@ problems asked of the teacher, so strategies compare at equal teacher cost:
   questions (a published baseline, an FDD ablation).
 - `uniform` ("more data, no feedback"): parents drawn at random (seeded) from the whole pool,
   whatever their grade, with the same mix of complex and similar requests that `fdd` makes.
-- `none`: no synthesis; the round retrains on the dataset it already has (D0).
+- `none`: no synthesis; the round's dataset is the one it already has (D0), so its student
+  is round 0's, reused rather than trained again on the same data (flows/round.py).
 
 The budget (`synthesis.budget`; None means what `fdd` asks this round, i.e.
 easy * n_complex + hard * n_similar after `max_parents_per_round`) is spread evenly over a

@@ -21,6 +21,7 @@ from fdd_core.schemas import DatasetRef, ModelRef
 from fdd_core.stages import ProblemsRef, merge_stats, split_teacher_usage, stage_seed
 from fdd_core.store import read_manifest
 from fdd_core.strategies import GRADE_FREE
+from fdd_core.training.reuse import reusable_student
 from fdd_core.versioning import code_fingerprint
 from flows.common import artifact_key, model_on_gpu, run_mapped, task_options, teacher_on_gpu
 from tasks.benchmark import benchmark_task
@@ -199,9 +200,21 @@ def fdd_round(
     )
     added = new_dataset.n_rows - (dataset.n_rows if dataset else 0)
     clock.lap("grow")
-    model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
-        new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv
-    )
+    reused, why = reusable_student(student, new_dataset, cfg.student.model, cfg.training)
+    if reused is not None:
+        # Nothing new to learn: training would make the same student again.
+        log.info(
+            "round %d: reusing the previous round's student %s instead of training (%s)",
+            round_index,
+            reused.path,
+            why,
+        )
+        model = reused
+        stats["train"] = {"reused_previous_student": 1}
+    else:
+        model = train_student_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
+            new_dataset, cfg.student, cfg.training, cfg.storage.cache_dir, run_dir, round_index, cv
+        )
     clock.lap("train")
     metrics = benchmark_task.with_options(**task_options(cfg, run_dir, gpu=gpu_student))(
         model,

@@ -122,7 +122,7 @@ def test_round0_is_computed_once_per_seed(sweep, small_world):
         assert all(r["teacher_usage"]["rationales"]["requests"] == N_TRAIN for r in r0s)
 
 
-def test_strategies_spend_equal_budgets_and_none_retrains_on_d0(sweep):
+def test_strategies_spend_equal_budgets_and_none_keeps_d0_and_its_student(sweep):
     exp = json.loads((sweep["exp_dir"] / "experiment.json").read_text())
     runs = {
         v["name"]: json.loads((Path(v["run_dir"]) / "run.json").read_text())
@@ -141,7 +141,10 @@ def test_strategies_spend_equal_budgets_and_none_retrains_on_d0(sweep):
             assert usage["requests"] == plan["complex_parents"] + plan["similar_parents"]
         assert none[1]["added"] == 0 and "synthesize" not in none[1]["teacher_usage"]
         assert none[1]["dataset"]["n_rows"] == none[0]["dataset"]["n_rows"]
-        assert none[1]["model"] is not None and "round-1" in none[1]["model"]["path"]
+        # Nothing added: round 0's student is reused, not trained again on the same rows.
+        assert none[1]["model"] == none[0]["model"] and "round-0" in none[1]["model"]["path"]
+        assert none[1]["stats"]["train"] == {"reused_previous_student": 1}
+        assert fdd[1]["added"] > 0 and "train" not in fdd[1]["stats"]  # it grew: it trained
         assert none[1]["stats"]["grade"]["easy"] + none[1]["stats"]["grade"]["hard"] == N_TRAIN
 
 

@@ -182,8 +182,8 @@ class SynthesisConfig(Section):
         description="Which graded problems new ones are written from: 'fdd' (complex variations "
         "of easy problems, similar ones for hard), 'errors_only' (LLM2LLM: similar problems for "
         "failed ones only), 'uniform' (random parents, fdd's mix, no feedback), 'complex_only', "
-        "'similar_only' (FDD's branches alone), 'none' (no synthesis: every round retrains on "
-        "D0). See docs/experiments.md.",
+        "'similar_only' (FDD's branches alone), 'none' (no synthesis: every round's student is "
+        "the one D0 trains, trained once and reused). See docs/experiments.md.",
     )
     budget: int | None = Field(
         None,
