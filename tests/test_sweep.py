@@ -214,10 +214,14 @@ def test_compare_table_equals_the_run_records_and_plots_decode(sweep, tmp_path):
     # The sweep flow wrote the same comparison into the experiment and published it.
     assert (sweep["exp_dir"] / "compare" / "compare.md").is_file()
     from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts() if a.key}
-    assert "experiment-strategies-table" in keys and "experiment-strategies-compare" in keys
+    wanted = ["experiment-strategies-table", "experiment-strategies-compare"]
+    with get_client(sync_client=True) as client:  # by key: a page holds only some of them all
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted))
+        )
+    assert {a.key for a in found} == set(wanted)
 
 
 def test_a_variant_failing_at_run_time_is_a_recorded_value(harness, tmp_path):  # noqa: F811
