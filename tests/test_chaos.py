@@ -443,8 +443,8 @@ def _shard_result_files(results: Path) -> list[Path]:
 
 def test_damaged_result_files_are_reported_and_recomputed_on_resume(reference, teacher):
     """Chaos 6: truncate one Prefect result file and alter another; the re-run says so,
-    recomputes just those tasks, and ends with the same versions. Runs last: it re-runs the
-    reference run folder in place."""
+    recomputes just those tasks, and ends with the same versions. Runs late (only the
+    --add-rounds test comes after it): it re-runs the reference run folder in place."""
     import base64
 
     run_dir = reference["run_dir"]
@@ -477,3 +477,44 @@ def test_damaged_result_files_are_reported_and_recomputed_on_resume(reference, t
     # Only the two damaged shards went back to the teacher.
     resent = teacher.requests()[before:]
     assert 0 < len(resent) <= 2 * SHARD, len(resent)
+
+
+def test_fdd_run_add_rounds_extends_the_latest_run_by_a_round(reference, teacher):
+    """`fdd run CONFIG --add-rounds 1` (a schedule's continuation, by hand): the latest run of
+    the config, the reference (rounds 0-1), gets round 2; rounds 0-1 are cache hits (their
+    students are not trained again) with the same versions. Runs after the test above, on
+    the reference run folder in place."""
+    run_dir = reference["run_dir"]
+
+    def students() -> dict[str, int]:  # each student's meta.json, by the time it was written
+        return {
+            str(p.parent.relative_to(run_dir)): p.stat().st_mtime_ns
+            for p in sorted(run_dir.glob("round-*/student/meta.json"))
+        }
+
+    trained_before = students()
+    assert set(trained_before) == {"round-0/student", "round-1/student"}
+    before = len(teacher.requests())
+    done = subprocess.run(
+        fdd_cmd(reference["cfg_path"], "--add-rounds", "1"),
+        cwd=REPO,
+        env=fdd_env(reference["prefect_home"]),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert f"--add-rounds 1: extending {run_dir.resolve()} from round 1 to round 2" in out
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["n_rounds"] == 2
+    assert [r["round"] for r in record["rounds"]] == [0, 1, 2]
+    assert versions(run_dir)[:2] == reference["versions"]
+    # Only round 2 did work: the earlier students were not trained again (their files are
+    # untouched), round 2's student is new, and the teacher was asked for round 2.
+    assert record["rounds"][2]["added"] > 0
+    after = students()
+    assert {k: after[k] for k in trained_before} == trained_before
+    assert "round-2/student" in after
+    assert record["rounds"][2]["model"]["path"].endswith("round-2/student")
+    assert len(teacher.requests()) > before
