@@ -114,6 +114,15 @@ def pytest_unconfigure(config):
             f"conftest: {pending} Prefect log/event item(s) are still queued for servers the tests "
             f"have stopped; exiting with status {config._fdd_exitstatus} without waiting\n"
         )
+        # os._exit skips atexit, where Prefect stops this process's temporary API server:
+        # stop it here, or it outlives the suite.
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            for server in list(SubprocessASGIServer._instances.values()):
+                server.stop()
+        except Exception as exc:  # noqa: BLE001 - leaving must not fail the suite
+            sys.stderr.write(f"conftest: could not stop Prefect's temporary server ({exc!r})\n")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(config._fdd_exitstatus)
