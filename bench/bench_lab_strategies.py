@@ -19,8 +19,10 @@ bench/results/lab_strategies.json.
 
 `--set` overrides go to every variant (e.g. a tiny student for a quick check of the
 wiring: its numbers say nothing about distillation). `--dry-run` prints the commands only.
-Budget with the real student: the variants share round 0 per seed, so about 2 round-0s
-and 8 x 3 feedback rounds of `make lab`, roughly 90-160 min on 2 idle cores.
+The experiment has a request cache of its own (ROOT/cache), so every teacher request of
+it reaches this teacher and is counted. Budget with the real student: the variants share
+round 0 per seed; run it with OMP_NUM_THREADS=1 (two trainings run side by side on 2
+cores; docs/experiments.md). Measured times are in docs/EVIDENCE.md.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     world = World()
     exp_dir = Path(args.root) / "exp"
-    with serve(world, Dials(**LAB_DIALS), ledger=Path(args.root) / "simulated-teacher.jsonl") as s:
+    ledger = Path(args.root) / "simulated-teacher.jsonl"
+    world.load_ledger(ledger)  # a resumed experiment: the problems its cache already holds
+    with serve(world, Dials(**LAB_DIALS), ledger=ledger) as s:
         sweep = [
             sys.executable,
             "-m",
@@ -68,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             f"teacher.model={s.teacher.model_name}",
             "--set",
             f"storage.root={args.root}",
+            # A request cache of the experiment's own: answers cached by an earlier run
+            # (`make lab`, another sweep) would never reach this teacher, whose ledger
+            # would then not know the problems (label precision "unknown") and whose
+            # request counts would be too low.
+            "--set",
+            f"storage.cache_dir={Path(args.root) / 'cache'}",
             *[x for kv in args.set for x in ("--set", kv)],
             "--vary",
             f"synthesis.strategy={args.strategies}",

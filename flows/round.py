@@ -59,6 +59,8 @@ def fdd_round(
         "run_dir": run_dir,
         "round_index": round_index,
         "code_version": cv,
+        # A limit each shard task enforces itself (fdd_core.deadline); not in cache keys.
+        "shard_timeout_s": cfg.orchestration.shard_timeout_s,
     }
     stats: dict[str, dict[str, int]] = {}
     dropped: dict[str, int] = {}

@@ -24,6 +24,7 @@ from prefect.filesystems import RemoteFileSystem
 from prefect.serializers import PickleSerializer
 from pydantic import Field
 
+from fdd_core import deadline
 from fdd_core.backends.base import is_out_of_memory, retry_verdict
 from fdd_core.backends.cache import RequestCache
 from fdd_core.config import (
@@ -38,7 +39,8 @@ from fdd_core.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
-CACHE_POLICY = INPUTS + TASK_SOURCE
+# A shard's time limit is how long to wait, not what to compute: it stays out of cache keys.
+CACHE_POLICY = (INPUTS - "shard_timeout_s") + TASK_SOURCE
 # Tasks whose remote backend is the teacher: their retry log says "waiting for the teacher".
 TEACHER_TASKS = frozenset({"rationales", "synthesize", "label"})
 _MAX_CHAIN = 8  # causes followed when classifying an error
@@ -321,3 +323,8 @@ def get_model_backend(cfg: ModelConfig, cache_dir: str | None):
     from fdd_core.backends import get_backend
 
     return get_backend(cfg, cache_dir=cache_dir)
+
+
+def shard_limit(shard_timeout_s: float | None, name: str, round_index: int, shard_index: int):
+    """The time limit of one attempt of a generation shard (see `fdd_core.deadline`)."""
+    return deadline.limit(shard_timeout_s, f"{name}-r{round_index}-s{shard_index}")

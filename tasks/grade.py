@@ -17,7 +17,7 @@ from fdd_core.stages import (
     stage_seed,
     student_backend_config,
 )
-from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox
+from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, shard_limit
 
 
 @task(
@@ -38,18 +38,22 @@ def grade_shard(
     run_dir: str,
     round_index: int,
     code_version: str,
+    shard_timeout_s: float | None = None,
 ) -> ShardResult:
     """The previous student answers one shard of the grading pool."""
-    chunk = read_problems(problems)[bounds[0] : bounds[1]]
-    backend = get_model_backend(student_backend_config(student, student_model), storage.cache_dir)
-    rows, stats = grade_problems(
-        chunk,
-        backend,
-        rounds,
-        get_sandbox(sandbox),
-        max_tokens=student.max_tokens,
-        rel_tol=sandbox.rel_tol,
-        seed=stage_seed(0, "grade", round_index),
-    )
-    out = Path(run_dir) / f"round-{round_index}" / "grade" / f"shard-{shard_index:05d}.jsonl"
-    return save_shard(out, rows, stats)
+    with shard_limit(shard_timeout_s, "grade", round_index, shard_index):
+        chunk = read_problems(problems)[bounds[0] : bounds[1]]
+        backend = get_model_backend(
+            student_backend_config(student, student_model), storage.cache_dir
+        )
+        rows, stats = grade_problems(
+            chunk,
+            backend,
+            rounds,
+            get_sandbox(sandbox),
+            max_tokens=student.max_tokens,
+            rel_tol=sandbox.rel_tol,
+            seed=stage_seed(0, "grade", round_index),
+        )
+        out = Path(run_dir) / f"round-{round_index}" / "grade" / f"shard-{shard_index:05d}.jsonl"
+        return save_shard(out, rows, stats)

@@ -8,7 +8,13 @@ from prefect import task
 
 from fdd_core.config import SandboxConfig, StorageConfig, TeacherConfig
 from fdd_core.stages import ProblemsRef, ShardResult, read_problems, save_shard, write_rationales
-from tasks.common import CACHE_POLICY, get_model_backend, get_sandbox, teacher_request_cache
+from tasks.common import (
+    CACHE_POLICY,
+    get_model_backend,
+    get_sandbox,
+    shard_limit,
+    teacher_request_cache,
+)
 
 
 @task(
@@ -27,18 +33,22 @@ def rationale_shard(
     run_dir: str,
     round_index: int,
     code_version: str,
+    shard_timeout_s: float | None = None,
 ) -> ShardResult:
     """Write and verify rationales for one shard of problems."""
-    chunk = read_problems(problems)[bounds[0] : bounds[1]]
-    backend = get_model_backend(teacher, storage.cache_dir)
-    examples, stats = write_rationales(
-        chunk,
-        backend,
-        teacher,
-        get_sandbox(sandbox),
-        rel_tol=sandbox.rel_tol,
-        cache=teacher_request_cache(teacher, storage),
-        round_index=round_index,
-    )
-    out = Path(run_dir) / f"round-{round_index}" / "rationales" / f"shard-{shard_index:05d}.jsonl"
-    return save_shard(out, examples, stats)
+    with shard_limit(shard_timeout_s, "rationales", round_index, shard_index):
+        chunk = read_problems(problems)[bounds[0] : bounds[1]]
+        backend = get_model_backend(teacher, storage.cache_dir)
+        examples, stats = write_rationales(
+            chunk,
+            backend,
+            teacher,
+            get_sandbox(sandbox),
+            rel_tol=sandbox.rel_tol,
+            cache=teacher_request_cache(teacher, storage),
+            round_index=round_index,
+        )
+        out = (
+            Path(run_dir) / f"round-{round_index}" / "rationales" / f"shard-{shard_index:05d}.jsonl"
+        )
+        return save_shard(out, examples, stats)

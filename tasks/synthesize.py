@@ -19,7 +19,7 @@ from fdd_core.stages import (
     write_problems,
 )
 from fdd_core.strategies import plan_synthesis
-from tasks.common import CACHE_POLICY, get_model_backend, teacher_request_cache
+from tasks.common import CACHE_POLICY, get_model_backend, shard_limit, teacher_request_cache
 
 
 class SynthesisPlanOut(BaseModel):
@@ -96,21 +96,26 @@ def synthesize_shard(
     round_index: int,
     code_version: str,
     counts: list[int] | None = None,
+    shard_timeout_s: float | None = None,
 ) -> ShardResult:
     """New problems from one shard of parents (all of one kind; `counts` per parent)."""
-    chunk = read_problems(parents)[bounds[0] : bounds[1]]
-    backend = get_model_backend(teacher, storage.cache_dir)
-    problems, stats = synthesize_problems(
-        chunk,
-        [kind] * len(chunk),
-        backend,
-        teacher,
-        synthesis,
-        round_index=round_index,
-        cache=teacher_request_cache(teacher, storage),
-        counts=counts,
-    )
-    out = (
-        Path(run_dir) / f"round-{round_index}" / f"synth-{kind}" / f"shard-{shard_index:05d}.jsonl"
-    )
-    return save_shard(out, problems, stats)
+    with shard_limit(shard_timeout_s, f"synthesize-{kind}", round_index, shard_index):
+        chunk = read_problems(parents)[bounds[0] : bounds[1]]
+        backend = get_model_backend(teacher, storage.cache_dir)
+        problems, stats = synthesize_problems(
+            chunk,
+            [kind] * len(chunk),
+            backend,
+            teacher,
+            synthesis,
+            round_index=round_index,
+            cache=teacher_request_cache(teacher, storage),
+            counts=counts,
+        )
+        out = (
+            Path(run_dir)
+            / f"round-{round_index}"
+            / f"synth-{kind}"
+            / f"shard-{shard_index:05d}.jsonl"
+        )
+        return save_shard(out, problems, stats)

@@ -30,10 +30,17 @@ def free_port() -> int:
 class Teacher:
     """The scripted teacher on a fixed port; kill() and start() it again on the same port."""
 
-    def __init__(self, log: Path, port: int | None = None, latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        log: Path,
+        port: int | None = None,
+        latency_s: float = 0.0,
+        hang_file: Path | None = None,
+    ) -> None:
         self.log = log
         self.port = port or free_port()
         self.latency_s = latency_s
+        self.hang_file = hang_file  # while it exists, requests are never answered
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -52,6 +59,7 @@ class Teacher:
                 str(self.log),
                 "--latency",
                 str(self.latency_s),
+                *(["--hang-file", str(self.hang_file)] if self.hang_file else []),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
@@ -80,6 +88,11 @@ class Teacher:
         if not self.log.exists():
             return []
         return [json.loads(x)["prompt"] for x in self.log.read_text().splitlines() if x.strip()]
+
+    def hung(self) -> int:
+        """Requests that arrived while the hang file existed (never answered)."""
+        path = self.log.with_name(self.log.name + ".hung")
+        return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def fdd_env(prefect_home: Path) -> dict:

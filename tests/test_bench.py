@@ -98,3 +98,23 @@ def test_sandbox_profile_sorts_samples_by_kind():
     assert _classify(["zap_pte_range", "exit_mmap", "do_exit", "do_group_exit"], True)[0] == (
         "process exit"
     )
+
+
+def test_lab_strategies_bench_dry_run_prints_the_sweep_it_would_run(tmp_path, capsys):
+    """The strategy comparison's driver (a real run takes most of an hour: docs/EVIDENCE.md):
+    it starts the simulated teacher and builds the `fdd sweep` command, with a request
+    cache of the experiment's own, so every teacher request is counted and known."""
+    from bench import bench_lab_strategies
+
+    root = tmp_path / "lab"
+    rc = bench_lab_strategies.main(
+        ["--root", str(root), "--seeds", "0,1", "--set", "rounds.n_rounds=1", "--dry-run"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "simulated teacher on http://127.0.0.1:" in out and "not an LLM" in out
+    sweep = next(line for line in out.splitlines() if line.startswith("$ "))
+    assert " sweep configs/lab.yaml " in sweep
+    assert f"--set storage.cache_dir={root / 'cache'} --set rounds.n_rounds=1" in sweep
+    assert "--vary synthesis.strategy=fdd,errors_only,uniform,none --seeds 0,1" in sweep
+    assert f"--out {root / 'exp'}" in sweep

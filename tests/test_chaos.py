@@ -479,6 +479,66 @@ def test_damaged_result_files_are_reported_and_recomputed_on_resume(reference, t
     assert 0 < len(resent) <= 2 * SHARD, len(resent)
 
 
+HANG_S = 20
+SHARD_LIMIT_S = 4
+
+
+def test_hung_teacher_is_stopped_by_the_shard_limit_retried_and_the_run_finishes(
+    reference, world, tiny_causal_dir, tmp_path
+):
+    """Chaos 8 (generation): a teacher server that accepts every request and answers none
+    for 20 s. The request timeout is 10 minutes, so only the shard's own time limit (4 s,
+    enforced inside the `openai` backend: fdd_core.deadline) can stop each attempt; the
+    shards are retried by Prefect and the run finishes by itself with identical versions."""
+    hang = tmp_path / "hang"
+    hang.touch()
+    hung_teacher = Teacher(tmp_path / "requests.jsonl", latency_s=LATENCY_S, hang_file=hang)
+    hung_teacher.start()
+    cfg = chaos_config(world, hung_teacher.url, tiny_causal_dir, tmp_path / "runs", "hung")
+    cfg["teacher"]["request_timeout_s"] = 600
+    cfg["orchestration"]["shard_timeout_s"] = SHARD_LIMIT_S
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    run_dir = tmp_path / "runs" / "hung"
+    log = tmp_path / "fdd.log"
+    proc = start_fdd(path, fdd_env(tmp_path / "prefect-home"), log=log)
+    try:
+        wait_for(lambda: hung_teacher.hung() > 0, 300, proc, "a request to the hung teacher")
+        hung_at = time.monotonic()
+        # Attempts keep being stopped and retried while the server hangs.
+        wait_for(
+            lambda: log.read_text().count(f"time limit of {SHARD_LIMIT_S} s") >= 2,
+            120,
+            proc,
+            "two attempts stopped by their time limit",
+        )
+        time.sleep(max(0.0, HANG_S - (time.monotonic() - hung_at)))
+        assert proc.poll() is None, "the run gave up while the teacher hung"
+        hang.unlink()
+        rc = proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        hang.unlink(missing_ok=True)
+        hung_teacher.kill()
+    out = log.read_text()
+    assert rc == 0, out[-5000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    endpoint = f"{hung_teacher.url}/chat/completions"
+    assert (
+        f"stopped by its time limit of {SHARD_LIMIT_S} s (orchestration.shard_timeout_s) "
+        f"while waiting for {endpoint}" in out
+    ), out[-5000:]
+    assert f"waiting for the teacher at {endpoint}" in out
+    assert versions(run_dir) == reference["versions"]
+    # Hung requests were never answered (so never paid); every prompt was answered once
+    # the server came back, each at most once more than in the undisturbed run.
+    sent = hung_teacher.requests()
+    assert hung_teacher.hung() >= 2
+    assert sorted(set(sent)) == sorted(set(reference["requests"]))
+    assert 0 <= len(sent) - len(reference["requests"]) <= WORKERS * SHARD
+
+
 def test_fdd_run_add_rounds_extends_the_latest_run_by_a_round(reference, teacher):
     """`fdd run CONFIG --add-rounds 1` (a schedule's continuation, by hand): the latest run of
     the config, the reference (rounds 0-1), gets round 2; rounds 0-1 are cache hits (their

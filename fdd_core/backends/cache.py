@@ -209,24 +209,44 @@ def cached_generate(
             todo[key] = [i]
     if todo:
         miss_keys = list(todo)
-        generated = backend.generate([prompts[todo[k][0]] for k in miss_keys], params)
-        if len(generated) != len(miss_keys):
-            raise RuntimeError(
-                f"backend {backend.name} returned {len(generated)} results for "
-                f"{len(miss_keys)} prompts"
-            )
         meta = {
             "backend": backend.name,
             "model": backend.model_id,
             "prompt_version": prompt_version,
         }
+        try:
+            generated = backend.generate([prompts[todo[k][0]] for k in miss_keys], params)
+        except Exception as exc:
+            # An interrupted call (a shard's time limit, fdd_core.deadline) hands back what
+            # it finished: keep those answers, so a retry pays only for the rest.
+            partial = getattr(exc, "partial", None)
+            if isinstance(partial, list) and len(partial) == len(miss_keys):
+                done = [(k, c) for k, c in zip(miss_keys, partial) if c]
+                for key, completions in done:
+                    _store(cache, key, completions, meta, params.n)
+                count_usage(usage, [c for _, c in done])
+            raise
+        if len(generated) != len(miss_keys):
+            raise RuntimeError(
+                f"backend {backend.name} returned {len(generated)} results for "
+                f"{len(miss_keys)} prompts"
+            )
         for key, completions in zip(miss_keys, generated):
-            if completions and all(c.finish_reason != "error" for c in completions):
-                cache.put(key, completions, meta=meta)
+            _store(cache, key, completions, meta, params.n)
             for i in todo[key]:
                 results[i] = completions
         count_usage(usage, generated)
     return results  # type: ignore[return-value]
+
+
+def _store(cache: RequestCache, key: str, completions: list[Completion], meta, n: int) -> None:
+    """Keep a finished answer; one with a failed sample is left out (retried next time)."""
+    if (
+        completions
+        and len(completions) == n
+        and all(c.finish_reason != "error" for c in completions)
+    ):
+        cache.put(key, completions, meta=meta)
 
 
 USAGE_KEYS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import random
@@ -52,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from fdd_core import deadline
 from fdd_core.backends.base import (
     BackendBase,
     BackendError,
@@ -330,14 +332,26 @@ class OpenAIBackend(BackendBase):
         _check_prompts(prompts, self.endpoint)
         if not prompts:
             return []
+        # The shard's time limit (fdd_core.deadline), read here: the loop below may run in a
+        # thread of its own, which does not see the caller's context.
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise deadline.expired_error(
+                f"before sending {len(prompts)} prompts to {public_url(self.url)}",
+                retryable=True,
+                endpoint=public_url(self.url),
+            )
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._generate_all(prompts, params))
+            return asyncio.run(self._generate_all(prompts, params, left))
         # Called from code that already runs a loop in this thread: asyncio.run refuses to
         # nest, so our loop gets a thread of its own (the caller blocks, as it asked to).
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fdd-openai") as pool:
-            return pool.submit(lambda: asyncio.run(self._generate_all(prompts, params))).result()
+            ctx = contextvars.copy_context()  # the limit's message names the shard
+            return pool.submit(
+                ctx.run, lambda: asyncio.run(self._generate_all(prompts, params, left))
+            ).result()
 
     def close(self) -> None:
         """Nothing stays open between calls (each call owns its client); refuse further use."""
@@ -352,7 +366,7 @@ class OpenAIBackend(BackendBase):
     # ------------------------------------------------------------------ one generate call
 
     async def _generate_all(
-        self, prompts: list[Prompt], params: SamplingParams
+        self, prompts: list[Prompt], params: SamplingParams, limit_s: float | None = None
     ) -> list[list[Completion]]:
         headers = {"Accept": "application/json"}
         if self._key.present:
@@ -368,8 +382,36 @@ class OpenAIBackend(BackendBase):
         ) as client:
             call = _Call(client, asyncio.Semaphore(self.max_concurrency), params)
             tasks = [asyncio.ensure_future(self._one_prompt(call, p)) for p in prompts]
+            gathered = asyncio.gather(*tasks)
             try:
-                results = await asyncio.gather(*tasks)
+                if limit_s is None:
+                    results = await gathered
+                else:
+                    results = await asyncio.wait_for(gathered, limit_s)
+            except TimeoutError:
+                if limit_s is None:  # not ours (a request's own timeout is handled per request)
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
+                # The shard's time limit, not one request's (those are handled per request):
+                # stop every request in flight (closing its connection) and hand back what
+                # was answered, so the request cache keeps it.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                partial = [
+                    t.result() if t.done() and not t.cancelled() and t.exception() is None else None
+                    for t in tasks
+                ]
+                answered = sum(p is not None for p in partial)
+                raise deadline.expired_error(
+                    f"while waiting for {public_url(self.url)}: {answered} of {len(prompts)} "
+                    f"prompts were answered; the others' requests were stopped",
+                    retryable=True,
+                    endpoint=public_url(self.url),
+                    partial=partial,
+                ) from None
             except BaseException:
                 # One prompt failed for good: stop the others rather than pay for them.
                 for task in tasks:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from fdd_core import deadline
 from fdd_core.backends.base import (
     BackendBase,
     Completion,
@@ -152,6 +153,9 @@ class VLLMBackend(BackendBase):
             if not idx:
                 continue
             batch = [prompts[i] for i in idx]
+            # The shard's time limit is checked between vLLM calls, not inside one (vLLM's
+            # engine decodes the whole batch before it returns).
+            deadline.check(f"before vLLM's {method} of {len(batch)} prompts", retryable=False)
             outputs = getattr(self._llm, method)(
                 batch,
                 [self._sampling(params, p) for p in batch],

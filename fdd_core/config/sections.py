@@ -389,6 +389,15 @@ class OrchestrationConfig(Section):
         "being restarted) after its first failure before the round fails: the backoff delays "
         "add up to at least this.",
     )
+    shard_timeout_s: float | None = Field(
+        4 * 3600.0,
+        gt=0,
+        description="Wall-clock limit on one attempt of a generation shard (rationales, "
+        "grade, synthesize, label), enforced inside the work (docs/reliability.md): a shard "
+        "waiting on a teacher server that never answers is stopped and retried; in-process "
+        "decoding past it fails the shard. A guard against hangs, not a speed target: the "
+        "default is generous; lower it where a shard takes minutes. null: no limit.",
+    )
 
 
 class StorageConfig(Section):

@@ -14,6 +14,10 @@ questions), and it answers the project's three teacher prompts:
 `--latency S` makes every completion request take S seconds, like a served model does
 (a real teacher takes seconds per request; caching is what lets a re-run skip them).
 
+`--hang-file PATH`: while PATH exists, completion requests are accepted and never answered
+(a stuck server); each such request adds a line to `LOG.hung`, and is dropped without an
+answer once PATH is gone (its client has given up by then).
+
 Every request is appended to a JSON-lines log (a hash of the prompt, n, seed), so tests can
 count which prompts reached the teacher. Run: python -m tests.servers.scripted_teacher
 --port P --log FILE.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -103,6 +108,7 @@ def answer(text: str, seed, index: int) -> str:
 class Handler(BaseHTTPRequestHandler):
     log_path: str | None = None
     latency_s: float = 0.0
+    hang_file: str | None = None
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output quiet
@@ -135,6 +141,14 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": "not found"}})
             return
         n, seed = int(req.get("n", 1) or 1), req.get("seed")
+        if self.hang_file and os.path.exists(self.hang_file):
+            if self.log_path:
+                with self.lock, open(self.log_path + ".hung", "a") as fh:
+                    fh.write(json.dumps({"n": n, "seed": seed}) + "\n")
+            while os.path.exists(self.hang_file):
+                time.sleep(0.05)
+            self.close_connection = True
+            return
         if self.latency_s:
             time.sleep(self.latency_s)
         if self.log_path:
@@ -181,9 +195,11 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds per completion request")
+    ap.add_argument("--hang-file", help="while this file exists, requests are never answered")
     args = ap.parse_args(argv)
     Handler.log_path = args.log
     Handler.latency_s = args.latency
+    Handler.hang_file = args.hang_file
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"scripted teacher on 127.0.0.1:{args.port}", flush=True)

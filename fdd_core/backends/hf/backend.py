@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fdd_core import deadline
 from fdd_core.backends.base import (
     BackendBase,
     Completion,
@@ -150,19 +151,23 @@ class HFBackend(BackendBase):
             desc = f"hf {Path(self.model_name).name or self.model_name}"
             per_bucket = self.prompts_per_bucket(params.n)
             with Progress(len(prompts) * params.n, desc, unit="seq", enabled=self.progress) as bar:
-                for start in range(0, len(order), per_bucket):
-                    bucket = order[start : start + per_bucket]
-                    outs = self._generate_bucket(
-                        [encoded[i] for i in bucket],
-                        [seeds[i] for i in bucket],
-                        params,
-                        stopper,
-                        bar,
-                        first_index=bucket,
-                        prefix=prefix,
-                    )
-                    for i, completions in zip(bucket, outs):
-                        results[i] = completions
+                try:
+                    for start in range(0, len(order), per_bucket):
+                        bucket = order[start : start + per_bucket]
+                        outs = self._generate_bucket(
+                            [encoded[i] for i in bucket],
+                            [seeds[i] for i in bucket],
+                            params,
+                            stopper,
+                            bar,
+                            first_index=bucket,
+                            prefix=prefix,
+                        )
+                        for i, completions in zip(bucket, outs):
+                            results[i] = completions
+                except deadline.WorkTimeout as exc:
+                    exc.partial = list(results)  # finished buckets: the request cache keeps them
+                    raise
         return results  # type: ignore[return-value]
 
     def prompts_per_bucket(self, n: int) -> int:
@@ -224,7 +229,14 @@ class HFBackend(BackendBase):
         live = [True] * total  # per batch row: still generating
         n_live = total
         step = 0  # every live row has generated `step` tokens so far
+        limit = deadline.current()  # the shard's time limit, checked once per step
         while True:
+            if limit is not None and limit.remaining() <= 0:
+                # In-process decoding that ran out of time would be as slow on a retry.
+                raise deadline.expired_error(
+                    f"while {self.model_id} decoded step {step} of at most {max(limits)}",
+                    retryable=False,
+                )
             keys = None
             if not params.greedy:
                 keys = row_keys(row_seeds, torch.full_like(row_seeds, step))
