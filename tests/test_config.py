@@ -144,6 +144,20 @@ def test_config_hash_keeps_the_flat_model_config_shape():
     assert a.config_hash() != b.config_hash()
 
 
+def test_shard_time_limit_changes_no_config_hash_and_so_no_run_folder():
+    """orchestration.shard_timeout_s says how long to wait, not what to compute: it is out
+    of the hash (and of the task cache keys), so adding the field kept every run folder
+    name, and changing it neither starts a new run folder nor recomputes anything."""
+    base = load_config(None)
+    changed = load_config(None, ["orchestration.shard_timeout_s=5"])
+    off = load_config(None, ["orchestration.shard_timeout_s=null"])
+    assert changed.orchestration.shard_timeout_s == 5 and off.orchestration.shard_timeout_s is None
+    assert base.config_hash() == changed.config_hash() == off.config_hash()
+    assert base.config_hash() != load_config(None, ["orchestration.shard_size=7"]).config_hash()
+    with pytest.raises(ConfigError, match="shard_timeout_s"):
+        load_config(None, ["orchestration.shard_timeout_s=0"])
+
+
 def test_field_of_another_backend_names_that_backend():
     with pytest.raises(
         ConfigError, match="base_url applies to backend 'openai', not to backend 'hf'"

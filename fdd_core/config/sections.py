@@ -483,9 +483,16 @@ class RunConfig(Section):
         data = self.model_dump(mode="json")
         for who in ("teacher", "student"):
             data[who] = {**_FLAT_MODEL_DEFAULTS, **data[who]}
+        # How long to wait is not what to compute (and the field came later: leaving it
+        # out keeps every earlier run's folder name).
+        for section, name in _UNHASHED:
+            data[section].pop(name, None)
         blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+# Settings that never change a result: out of the config hash (and the task cache keys).
+_UNHASHED = (("orchestration", "shard_timeout_s"),)
 
 # Every field of the built-in backends' configs at its default: the former flat ModelConfig.
 _FLAT_MODEL_DEFAULTS: dict[str, Any] = {
