@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -113,9 +114,86 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"run": record_path.parent.name, "config": record["config"], "rounds": rounds})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"runs": runs}, indent=1))
+    table = summarize(runs)
+    RESULTS.with_suffix(".md").write_text(table)
+    print(table)
+    print("wrote", RESULTS, "and", RESULTS.with_suffix(".md"))
     compare = [sys.executable, "-m", "fdd.cli", "compare", str(exp_dir)]
     print("$", " ".join(compare), flush=True)
     return subprocess.call(compare)
+
+
+STRATEGY_ORDER = ("fdd", "errors_only", "uniform", "none")
+
+
+def _mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return ""
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
+def _pooled(num: float, den: float) -> str:
+    return f"{num / den:.2f} ({num:g}/{den:g})" if den else ""
+
+
+def summarize(runs: list[dict]) -> str:
+    """Per strategy and round, over seeds: accuracy (mean ± sample sd), dataset growth by
+    origin, the lab's truth-based metrics pooled over seeds (k/n), teacher requests and
+    wall time (means per run). Round 0 is shared by the variants of a seed."""
+    rows: dict[tuple[str, int], list[dict]] = {}
+    for run in runs:
+        strategy = run["config"]["synthesis"]["strategy"]
+        for r in run["rounds"]:
+            rows.setdefault((strategy, r["round"]), []).append(r)
+
+    def order(key: tuple[str, int]) -> tuple[int, str, int]:
+        s, r = key
+        return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s, r)
+
+    out = [
+        "| strategy | round | seeds | lab_test | lab_hard | examples (orig/complex/similar) "
+        "| label precision | contamination recall | teacher requests | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(rows, key=order):
+        strategy, rnd = key
+        group = rows[key]
+
+        def acc(name: str, group=group) -> list[float]:
+            return [g["metrics"][name]["accuracy"] for g in group if name in g["metrics"]]
+
+        def mean_of(values: list[float]) -> float:
+            return statistics.mean(values) if values else 0.0
+
+        origin = [
+            mean_of([g.get("counts_by_origin", {}).get(o, 0) for g in group])
+            for o in ("original", "complex", "similar")
+        ]
+        lab = [g.get("lab_metrics") or {} for g in group]
+
+        def total(name: str, lab=lab) -> float:
+            return sum(x.get(name, 0) for x in lab)
+
+        requests = mean_of(
+            [sum(u.get("requests", 0) for u in g.get("teacher_usage", {}).values()) for g in group]
+        )
+        wall = mean_of([sum((g.get("wall_time_s") or {}).values()) for g in group])
+        out.append(
+            f"| {strategy} | {rnd} | {len(group)} | {_mean_sd(acc('lab_test'))} "
+            f"| {_mean_sd(acc('lab_hard'))} "
+            f"| {mean_of([g['dataset']['n_rows'] for g in group]):.1f} "
+            f"({origin[0]:.1f}/{origin[1]:.1f}/{origin[2]:.1f}) "
+            f"| {_pooled(total('labels_correct'), total('labels_accepted'))} "
+            f"| {_pooled(total('paraphrases_caught'), total('paraphrases_planted'))} "
+            + (
+                "| shared | shared |"  # round 0 is computed once per seed, outside the variant
+                if rnd == 0 and not requests and not wall
+                else f"| {requests:.1f} | {wall:.0f} |"
+            )
+        )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

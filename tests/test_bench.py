@@ -118,3 +118,57 @@ def test_lab_strategies_bench_dry_run_prints_the_sweep_it_would_run(tmp_path, ca
     assert f"--set storage.cache_dir={root / 'cache'} --set rounds.n_rounds=1" in sweep
     assert "--vary synthesis.strategy=fdd,errors_only,uniform,none --seeds 0,1" in sweep
     assert f"--out {root / 'exp'}" in sweep
+
+
+def _round(rnd, test, hard, n_rows, origin, lab=None, requests=0, wall=None):
+    return {
+        "round": rnd,
+        "metrics": {"lab_test": {"accuracy": test}, "lab_hard": {"accuracy": hard}},
+        "dataset": {"n_rows": n_rows},
+        "counts_by_origin": origin,
+        "lab_metrics": lab or {},
+        "teacher_usage": {"synthesize": {"requests": requests}} if requests else {},
+        "wall_time_s": wall or {},
+    }
+
+
+def test_lab_strategies_summary_gives_mean_sd_over_seeds_and_pooled_lab_ratios():
+    from bench.bench_lab_strategies import summarize
+
+    def run(strategy, rounds):
+        return {"config": {"synthesis": {"strategy": strategy}}, "rounds": rounds}
+
+    lab1 = {"labels_correct": 9, "labels_accepted": 10, "paraphrases_caught": 1,
+            "paraphrases_planted": 2}  # fmt: skip
+    lab2 = {"labels_correct": 3, "labels_accepted": 5, "paraphrases_caught": 0,
+            "paraphrases_planted": 2}  # fmt: skip
+    runs = [
+        run("none", [_round(0, 0.3, 0.0, 10, {"original": 10})]),
+        run("fdd", [
+            _round(0, 0.3, 0.0, 10, {"original": 10}),
+            _round(1, 0.5, 0.1, 20, {"original": 10, "complex": 6, "similar": 4}, lab1, 8,
+                   {"train": 100.0, "grade": 20.0}),
+        ]),
+        run("fdd", [
+            _round(0, 0.5, 0.0, 12, {"original": 12}),
+            _round(1, 0.7, 0.1, 22, {"original": 12, "complex": 8, "similar": 2}, lab2, 12,
+                   {"train": 140.0}),
+        ]),
+    ]  # fmt: skip
+    lines = summarize(runs).splitlines()
+    assert lines[0].startswith("| strategy | round | seeds | lab_test | lab_hard |")
+    body = lines[2:]
+    assert [line.split(" | ")[0:2] for line in body] == [
+        ["| fdd", "0"],
+        ["| fdd", "1"],
+        ["| none", "0"],
+    ]  # FDD first, then the baselines
+    assert body[0] == (
+        "| fdd | 0 | 2 | 0.400 ± 0.141 | 0.000 ± 0.000 | 11.0 (11.0/0.0/0.0) |  |  "
+        "| shared | shared |"
+    )
+    assert body[1] == (
+        "| fdd | 1 | 2 | 0.600 ± 0.141 | 0.100 ± 0.000 | 21.0 (11.0/7.0/3.0) "
+        "| 0.80 (12/15) | 0.25 (1/4) | 10.0 | 130 |"
+    )
+    assert body[2].startswith("| none | 0 | 1 | 0.300 | 0.000 |")  # one seed: no spread
