@@ -127,7 +127,9 @@ def _round(rnd, test, hard, n_rows, origin, lab=None, requests=0, wall=None):
         "dataset": {"n_rows": n_rows},
         "counts_by_origin": origin,
         "lab_metrics": lab or {},
-        "teacher_usage": {"synthesize": {"requests": requests}} if requests else {},
+        "teacher_usage": {"synthesize": {"requests": requests, "cache_hits": rnd % 2}}
+        if requests
+        else {},
         "wall_time_s": wall or {},
     }
 
@@ -165,10 +167,10 @@ def test_lab_strategies_summary_gives_mean_sd_over_seeds_and_pooled_lab_ratios()
     ]  # FDD first, then the baselines
     assert body[0] == (
         "| fdd | 0 | 2 | 0.400 ± 0.141 | 0.000 ± 0.000 | 11.0 (11.0/0.0/0.0) |  |  "
-        "| shared | shared |"
+        "| 0.0 (0.0) | shared |"
     )
     assert body[1] == (
         "| fdd | 1 | 2 | 0.600 ± 0.141 | 0.100 ± 0.000 | 21.0 (11.0/7.0/3.0) "
-        "| 0.80 (12/15) | 0.25 (1/4) | 10.0 | 130 |"
+        "| 0.80 (12/15) | 0.25 (1/4) | 10.0 (11.0) | 130 |"
     )
     assert body[2].startswith("| none | 0 | 1 | 0.300 | 0.000 |")  # one seed: no spread
