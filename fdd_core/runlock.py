@@ -13,20 +13,30 @@ A lock that is already there is honoured unless it is stale:
   not been touched for `stale_after_s` seconds (default 10 minutes, 20 heartbeats).
 A fresh lock makes `acquire` raise `RunLockedError` at once, naming the holder.
 
-A stale lock is broken without racing another process that breaks it at the same time: it
-is renamed to a unique name first (only one process wins a rename of the same file); a
-process that finds it renamed someone's fresh lock (the token differs) links it back.
+Every decision about the lock file (create it; if it is there, read it, judge it stale,
+remove it, create ours) is taken while holding an advisory `flock` on a second file,
+``run.lock.guard``, which is never removed. Without that, two processes that both judge
+the same lock stale could both remove "it" (the second one removing the first one's new
+lock) and both win. The guard is held for milliseconds; the kernel drops it when its
+holder dies, so a crash never leaves the folder locked for good. On NFS, Linux maps
+`flock` to byte-range locks that the server arbitrates between machines.
 `release()` removes the file only while it still holds this lock's token.
 
 Not guaranteed: clocks of the machines sharing storage must agree to within a fraction of
 `stale_after_s`; a holder frozen (SIGSTOP, a suspended VM) for longer than that loses its
 lock; filesystems without atomic exclusive create (some FUSE or object-store mounts) do
-not give mutual exclusion.
+not give mutual exclusion; where the filesystem has no `flock` at all (it fails with
+ENOLCK or EOPNOTSUPP) the guard is skipped with a warning and breaking a stale lock is
+no longer race-free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -37,6 +47,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
+GUARD_SUFFIX = ".guard"
+GUARD_WAIT_S = 30.0
+
+log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_S = 30.0
 DEFAULT_STALE_AFTER_S = 600.0
 
@@ -142,11 +156,9 @@ class RunLock:
 
     def release(self) -> None:
         self._stop.set()
-        if self.still_held():
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+        with _guard(self.path):  # so no breaker replaces it between the check and unlink
+            if self.still_held():
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> RunLock:
         return self
@@ -167,20 +179,39 @@ def _create(path: Path, holder: LockHolder) -> bool:
     return True
 
 
-def _break_stale(path: Path, seen: LockHolder | None) -> None:
-    """Move a stale lock aside; put back a fresh one taken meanwhile by someone else."""
-    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+@contextlib.contextmanager
+def _guard(path: Path, wait_s: float = GUARD_WAIT_S):
+    """Hold the exclusive `flock` on the lock's guard file for the enclosed decisions."""
+    guard = path.with_name(path.name + GUARD_SUFFIX)
+    fd = os.open(guard, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    moved = read_holder(aside)
-    if moved is not None and (seen is None or moved.token != seen.token):
-        try:  # we moved a live lock: give it back (link never overwrites)
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-    aside.unlink(missing_ok=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RunLockedError(
+                        f"could not take the guard {guard} of run lock {path} within "
+                        f"{wait_s:.0f} s: another process holds it (it is only ever held for "
+                        f"milliseconds; a process stuck on it must be stopped)",
+                        LockHolder(host="?", pid=0, started_at="?", token=""),
+                    ) from None
+                time.sleep(0.01)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                log.warning(
+                    "the filesystem of %s has no flock (%s): breaking a stale run lock is "
+                    "not race-free there",
+                    guard,
+                    exc.strerror,
+                )
+                break
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def acquire(
@@ -203,7 +234,7 @@ def acquire(
         proc_start=_proc_start(pid),
         command=command,
     )
-    for _ in range(5):
+    with _guard(path):
         if _create(path, holder):
             return RunLock(path, holder, heartbeat_s)
         current = read_holder(path)
@@ -230,16 +261,23 @@ def acquire(
                 f"host, when it is not renewed for {stale_after_s:.0f} s)",
                 current,
             )
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "taking over the stale run lock %s: %s (%s)",
             path,
             reason,
             current.describe() if current else "no holder recorded",
         )
-        _break_stale(path, current)
-    raise RunLockedError(f"could not take the run lock {path}: it keeps changing hands", holder)
+        path.unlink(missing_ok=True)
+        if _create(path, holder):
+            return RunLock(path, holder, heartbeat_s)
+    # Only a process that does not take the guard (an older fdd, or a filesystem without
+    # flock) can have created it between our unlink and create.
+    taken = read_holder(path)
+    raise RunLockedError(
+        f"run folder {folder} was taken by another process while its stale lock was being "
+        f"broken ({taken.describe() if taken else 'holder not yet written'}). Lock file: {path}",
+        taken or holder,
+    )
 
 
 def check(run_dir: str | Path, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
