@@ -7,6 +7,7 @@ import _thread
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -134,8 +135,14 @@ def test_timeout_stops_the_whole_child_tree(tmp_path, monkeypatch):
     assert "PIDS" in str(err.value)  # the child's last lines are in the message
 
 
-def test_ctrl_c_stops_the_child_and_goes_on(tmp_path, monkeypatch):
+def test_ctrl_c_stops_the_child_and_goes_on(tmp_path, monkeypatch, request):
     monkeypatch.setattr(launch, "worker_command", lambda job, n: [sys.executable, "-c", _HANG])
+    # interrupt_main only calls the SIGINT handler Python has: if a shell started us with
+    # SIGINT ignored, or an earlier test (a Ray driver) left another handler, nothing is
+    # raised (this test once hung in CI for good). Use Python's own handler, and a timeout
+    # so that a lost interrupt fails the test instead of hanging it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     logger, lines = _logger()
 
     def interrupt_when_started():
@@ -146,8 +153,8 @@ def test_ctrl_c_stops_the_child_and_goes_on(tmp_path, monkeypatch):
 
     threading.Thread(target=interrupt_when_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        train_in_child(_dataset(tmp_path), "unused", TrainingConfig(**CFG), tmp_path / "s",
-                       logger=logger)  # fmt: skip
+        train_in_child(_dataset(tmp_path), "unused", TrainingConfig(**CFG, timeout_s=120),
+                       tmp_path / "s", logger=logger)  # fmt: skip
     pids = _pids(lines.lines)
     assert len(pids) == 2
     assert not any(_alive(p) for p in pids), "the training outlived the interrupted task"
