@@ -22,6 +22,7 @@ from fdd_core.filtering import (
     MinHasher,
     basic_check,
     filter_problems,
+    filter_stream,
     lsh_bands,
     max_similarity_to,
     tokenize,
@@ -154,7 +155,7 @@ def test_dedup_against_questions_already_in_the_dataset():
 
 def test_existing_questions_are_not_deduplicated_among_themselves():
     dedup = Deduplicator([BAKERY, BAKERY, BAKERY_ONE_WORD], CFG)
-    assert dedup.index.size == 3
+    assert dedup.size == 3
     assert dedup.check_and_add(GARDEN) is None
     assert dedup.check_and_add(GARDEN) == "duplicate_exact"
 
@@ -184,14 +185,21 @@ def test_lsh_decisions_equal_brute_force_over_signatures():
     existing = [_variant(gen, BAKERY) for _ in range(5)]
     got = Deduplicator(existing, CFG).check_and_add_many(qs)
 
+    expected = _brute_force(existing, qs)
+    assert got == expected
+    assert expected.count("duplicate_near") > 20 and expected.count(None) > 20  # both occur
+
+
+def _brute_force(existing: list[str], qs: list[str]) -> list[str | None]:
+    """Each question in turn against every existing and earlier kept one, in full."""
+    from fdd_core.schemas import normalize_text
+
     hasher = MinHasher(CFG.num_perm, CFG.shingle_size)
     sigs = hasher.signatures(hasher.tokens(existing + qs))
     need = np.ceil(CFG.near_dup_threshold * CFG.num_perm - 1e-9)
-    from fdd_core.schemas import normalize_text
-
     kept_rows = list(range(len(existing)))
     seen = {normalize_text(q) for q in existing}
-    expected = []
+    expected: list[str | None] = []
     for j, q in enumerate(qs):
         row = len(existing) + j
         if normalize_text(q) in seen:
@@ -202,8 +210,48 @@ def test_lsh_decisions_equal_brute_force_over_signatures():
             expected.append(None)
             kept_rows.append(row)
             seen.add(normalize_text(q))
-    assert got == expected
-    assert expected.count("duplicate_near") > 20 and expected.count(None) > 20  # both occur
+    return expected
+
+
+def test_batches_of_any_size_give_the_brute_force_decisions():
+    """Copies inside a batch and across batches, exact and near, in every mix."""
+    gen = random.Random(5)
+    base = [BAKERY, TRAIN, GARDEN, TEST_Q]
+    pool = [_variant(gen, gen.choice(base)) for _ in range(120)]
+    qs = [
+        gen.choice(pool) if gen.random() < 0.4 else _variant(gen, gen.choice(pool))
+        for _ in range(600)
+    ]
+    qs += [q.upper() for q in qs[:50]]  # exact after normalisation
+    existing = [_variant(gen, BAKERY) for _ in range(5)] + [pool[0]]
+    expected = _brute_force(existing, qs)
+    assert min(expected.count(r) for r in (None, "duplicate_exact", "duplicate_near")) > 30
+    for sizes in ([len(qs)], [1] * 40 + [len(qs)], [7] * 200, [3, 250, 1, 90, 500]):
+        dedup, got, lo = Deduplicator(existing, CFG), [], 0
+        for size in sizes:
+            got += dedup.check_and_add_many(qs[lo : lo + size])
+            lo += size
+        assert got == expected, sizes
+        assert dedup.size == len(existing) + expected.count(None)
+
+
+def test_filter_stream_in_small_chunks_equals_filter_problems():
+    gen = random.Random(8)
+    base = [BAKERY, TRAIN, GARDEN, TEST_Q]
+    qs = [_variant(gen, gen.choice(base)) for _ in range(400)] + ["no digits here at all", ""]
+    gen.shuffle(qs)
+    tests = {"t": [TEST_Q], "u": [_variant(gen, TRAIN)]}
+    whole = _filter(qs, existing=[GARDEN], test_sets=tests)
+    problems = [_p(q, i) for i, q in enumerate(qs)]
+    streamed = list(
+        filter_stream(iter(problems), existing=[GARDEN], test_sets=tests, cfg=CFG, chunk=9)
+    )
+    assert [p.id for p, _, _ in streamed] == [p.id for p in problems]
+    assert [r for _, r, _ in streamed] == whole.reasons
+    assert [b for _, _, b in streamed] == whole.benchmarks
+    assert len(set(whole.reasons)) >= 5  # kept, malformed, contaminated, exact, near all occur
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        next(filter_stream([], existing=[], test_sets={}, cfg=CFG, chunk=0))
 
 
 def test_lsh_band_layout_covers_the_threshold():

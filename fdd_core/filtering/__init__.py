@@ -43,9 +43,10 @@ reuse. The estimated Jaccard has a standard error of about ``sqrt(J(1-J)/num_per
 numbers out (1.8 % of GSM8K train questions have no digit).
 
 Layout: `checks` (sanity and length checks, the tokenizer), `minhash` (signatures and the
-LSH index), `decontam` (`Decontaminator`), `dedup` (`Deduplicator`), `pipeline`
-(`filter_problems`, `FilterResult`), `similarity` (`max_similarity_to`, for the leakage
-analysis). Import from `fdd_core.filtering`; the names below are its public surface.
+LSH index), `decontam` (`Decontaminator`), `dedup` (`Deduplicator`, with the kept index in
+numpy arrays), `pipeline` (`filter_problems`; `filter_stream` for inputs too large to hold;
+`FilterResult`), `similarity` (`max_similarity_to`, for the leakage analysis).
+Import from `fdd_core.filtering`; the names below are its public surface.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ from fdd_core.filtering.checks import basic_check, tokenize
 from fdd_core.filtering.decontam import Decontaminator
 from fdd_core.filtering.dedup import Deduplicator
 from fdd_core.filtering.minhash import MinHasher, lsh_bands
-from fdd_core.filtering.pipeline import DROP_REASONS, DropReason, FilterResult, filter_problems
+from fdd_core.filtering.pipeline import (
+    DROP_REASONS,
+    DropReason,
+    FilterResult,
+    filter_problems,
+    filter_stream,
+)
 from fdd_core.filtering.similarity import max_similarity_to
 
 __all__ = [
@@ -66,6 +73,7 @@ __all__ = [
     "MinHasher",
     "basic_check",
     "filter_problems",
+    "filter_stream",
     "lsh_bands",
     "max_similarity_to",
     "tokenize",

@@ -220,19 +220,6 @@ class _LshIndex:
             return None
         return int(cands[top]), float(equal[top]) / self.num_perm
 
-    def may_collide(self, keys: np.ndarray) -> np.ndarray:
-        """Per row of `keys`: does some band key also occur in the index or in another row?
-
-        A row for which this is False can match nothing indexed now, nor any other row,
-        so the per-row lookup can be skipped (one vectorised pass instead of n lookups).
-        """
-        out = np.zeros(len(keys), dtype=bool)
-        for b in range(self.bands):
-            both = np.concatenate((self._keys[: self.size, b], keys[:, b]))
-            _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-            out |= counts[inverse[self.size :]] > 1
-        return out
-
 
 @dataclass
 class _Encoded:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Literal
 
 from fdd_core.config import FilteringConfig
@@ -44,6 +45,56 @@ class FilterResult:
         return sum(self.dropped.values())
 
 
+CHUNK = 65536  # candidates checked at once: bounds the memory beyond the kept index
+
+
+def filter_stream(
+    candidates: Iterable[Problem],
+    *,
+    existing: Sequence[str],
+    test_sets: Mapping[str, Sequence[str]],
+    cfg: FilteringConfig,
+    chunk: int = CHUNK,
+) -> Iterator[tuple[Problem, str | None, str | None]]:
+    """(candidate, drop reason or None, contaminating benchmark or None), in input order.
+
+    Reads `candidates` lazily, `chunk` at a time: memory is the kept questions' index
+    (about 0.5 kB each, see `dedup`) plus one chunk, however many candidates stream by.
+    The decisions are those of `filter_problems` on the whole list at once.
+    """
+    if chunk < 1:
+        raise ValueError(f"filter_stream: chunk must be >= 1, got {chunk}")
+    dedup = Deduplicator(existing, cfg)
+    decon = (
+        Decontaminator(test_sets, cfg)
+        if cfg.decontaminate and any(len(v) for v in test_sets.values())
+        else None
+    )
+    it = iter(candidates)
+    while batch := list(islice(it, chunk)):
+        reasons, benchmarks = _check_batch(batch, dedup, decon, cfg)
+        yield from zip(batch, reasons, benchmarks)
+
+
+def _check_batch(
+    batch: Sequence[Problem], dedup: Deduplicator, decon: Decontaminator | None, cfg
+) -> tuple[list[str | None], list[str | None]]:
+    reasons: list[str | None] = [basic_check(p.question, cfg) for p in batch]
+    benchmarks: list[str | None] = [None] * len(batch)
+    alive = [i for i, r in enumerate(reasons) if r is None]
+    if not alive:
+        return reasons, benchmarks
+    enc = _encode([batch[i].question for i in alive], dedup.hasher, dedup.index)
+    if decon is not None:
+        for row, hit in enumerate(decon._check_encoded(enc)):
+            if hit is not None:
+                reasons[alive[row]], benchmarks[alive[row]] = hit
+    rows = [row for row, i in enumerate(alive) if reasons[i] is None]
+    for row, reason in zip(rows, dedup._check_and_add_rows(enc, rows)):
+        reasons[alive[row]] = reason
+    return reasons, benchmarks
+
+
 def filter_problems(
     candidates: Sequence[Problem],
     *,
@@ -52,20 +103,13 @@ def filter_problems(
     cfg: FilteringConfig,
 ) -> FilterResult:
     """Keep the candidates that pass every check (see the module docstring), in input order."""
-    reasons: list[str | None] = [basic_check(p.question, cfg) for p in candidates]
-    benchmarks: list[str | None] = [None] * len(candidates)
-    alive = [i for i, r in enumerate(reasons) if r is None]
-
-    dedup = Deduplicator(existing, cfg)
-    enc = _encode([candidates[i].question for i in alive], dedup.hasher, dedup.index)
-    if cfg.decontaminate and any(len(v) for v in test_sets.values()):
-        decon = Decontaminator(test_sets, cfg)
-        for row, hit in enumerate(decon._check_encoded(enc)):
-            if hit is not None:
-                reasons[alive[row]], benchmarks[alive[row]] = hit
-    rows = [row for row, i in enumerate(alive) if reasons[i] is None]
-    for row, reason in zip(rows, dedup._check_and_add_rows(enc, rows)):
-        reasons[alive[row]] = reason
+    reasons: list[str | None] = []
+    benchmarks: list[str | None] = []
+    for _, reason, bench in filter_stream(
+        candidates, existing=existing, test_sets=test_sets, cfg=cfg
+    ):
+        reasons.append(reason)
+        benchmarks.append(bench)
     return _summarize(candidates, reasons, benchmarks)
 
 
