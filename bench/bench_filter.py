@@ -1,6 +1,7 @@
 """Benchmark of fdd_core.filtering on 100,000 generated questions, against a ROUGE-L baseline.
 
-    python -m bench.bench_filter [--n 100000] [--baseline-sample 2000] [--seed 0] [--num-perm 64]
+    python -m bench.bench_filter [--n 100000] [--existing 0] [--baseline-sample 2000] [--seed 0]
+    python -m bench.bench_filter --n 1000000 --existing 100000   # the million-candidate goal
 
 Candidates are synthetic teacher output: templated word problems (varied names, items,
 numbers, sentence choices) with a known share of planted exact duplicates, one-edit near
@@ -8,7 +9,13 @@ duplicates, copies of dataset questions, contaminated copies of test questions, 
 and too short / too long texts. Test sets are the real GSM8K test and SVAMP files from
 ../shared/data when present (otherwise synthetic stand-ins, said in the output); ASDiv and
 MultiArith are not on disk, so stand-ins of their sizes are synthesised from their own
-templates. The dataset already holds the GSM8K train questions (or a stand-in).
+templates. The dataset already holds the GSM8K train questions (or a stand-in), topped up
+to `--existing` questions with generated ones (another seed) when that is larger.
+
+The timed part streams the candidates through `filter_stream` (Problem objects made on the
+fly, as a task reading them from disk would), so the memory it reports is the filter's
+own: the peak resident set while filtering (the kernel's high-water mark, reset just
+before) minus the resident set before it, i.e. beyond the candidate texts the bench holds.
 
 Baseline: LLM2LLM's dedup, each new question against every kept one by ROUGE-L F (dropped
 above 0.7). It is quadratic, so it runs on the first `--baseline-sample` candidates and is
@@ -21,6 +28,7 @@ Writes bench/results/filter.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -30,12 +38,13 @@ import re
 import resource
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from fdd_core.config import FilteringConfig
-from fdd_core.filtering import Deduplicator, filter_problems, tokenize
+from fdd_core.filtering import DROP_REASONS, Deduplicator, filter_stream, tokenize
 from fdd_core.schemas import Problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,13 +312,41 @@ def load_test_sets(gen: Generator) -> tuple[dict[str, list[str]], dict[str, str]
     return sets, sources
 
 
-def load_existing(gen: Generator) -> tuple[list[str], str]:
+def load_existing(gen: Generator, at_least: int = 0) -> tuple[list[str], str]:
     train = SHARED_DATA / "gsm8k" / "train.jsonl"
     if train.is_file():
-        return [
-            json.loads(line)["question"] for line in train.open() if line.strip()
-        ], f"real ({train})"
-    return [gen.generated() for _ in range(7473)], "synthetic stand-in (GSM8K train not found)"
+        questions = [json.loads(line)["question"] for line in train.open() if line.strip()]
+        source = f"real ({train})"
+    else:
+        questions = [gen.generated() for _ in range(7473)]
+        source = "synthetic stand-in (GSM8K train not found)"
+    if at_least > len(questions):
+        extra = Generator(gen.rng.randrange(2**31))  # the candidates' templates, other draws
+        topped = at_least - len(questions)
+        questions += [extra.generated() for _ in range(topped)]
+        source += f" + {topped:,} generated"
+    return questions, source
+
+
+def _rss_mb() -> float:
+    """Resident set now (MB)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident set (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def build_candidates(n: int, gen: Generator, existing: list[str], test_sets: dict[str, list[str]]):
@@ -486,6 +523,9 @@ def planted_recall(questions, labels, sources, reasons, cfg: FilteringConfig) ->
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="generated questions")
+    ap.add_argument(
+        "--existing", type=int, default=0, help="dataset size (GSM8K train topped up to this)"
+    )
     ap.add_argument("--baseline-sample", type=int, default=2000, help="questions for ROUGE-L")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-perm", type=int, default=None, help="override filtering.num_perm")
@@ -493,22 +533,43 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     cfg = FilteringConfig() if args.num_perm is None else FilteringConfig(num_perm=args.num_perm)
+    load_at_start = os.getloadavg()[0]
     gen = Generator(args.seed)
     test_sets, test_sources = load_test_sets(gen)
-    existing, existing_source = load_existing(gen)
+    existing, existing_source = load_existing(gen, args.existing)
     questions, labels, sources = build_candidates(args.n, gen, existing, test_sets)
-    problems = [
-        Problem(id=f"g{i}", question=q, origin="similar", round=1) for i, q in enumerate(questions)
-    ]
+    print(
+        f"filtering {len(questions):,} candidates against {len(existing):,} dataset questions "
+        f"and {sum(map(len, test_sets.values())):,} test questions...",
+        file=sys.stderr,
+        flush=True,
+    )
 
+    gc.collect()
+    rss_before = _rss_mb()
+    peak_reset = _reset_peak_rss()
     t0, c0 = time.perf_counter(), time.process_time()
-    result = filter_problems(problems, existing=existing, test_sets=test_sets, cfg=cfg)
+    reasons: list[str | None] = []
+    benchmarks: list[str | None] = []
+    stream = filter_stream(
+        (
+            Problem(id=f"g{i}", question=q, origin="similar", round=1)
+            for i, q in enumerate(questions)
+        ),
+        existing=existing,
+        test_sets=test_sets,
+        cfg=cfg,
+    )
+    for _, reason, bench in stream:
+        reasons.append(reason)
+        benchmarks.append(bench)
     ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
-    kept_ids = {p.id for p in result.kept}
-    # filter_problems reports counts; recover each candidate's reason with the same checks
-    # for the recall table (a second, untimed run keeps the timed one clean).
-    reasons = _reasons(problems, existing, test_sets, cfg)
-    assert {p.id for p, r in zip(problems, reasons) if r is None} == kept_ids
+    filter_peak = _peak_rss_mb() if peak_reset else float("nan")
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for reason in reasons:
+        if reason is not None:
+            dropped[reason] += 1
+    by_benchmark = dict(sorted(Counter(b for b in benchmarks if b is not None).items()))
 
     k = min(args.baseline_sample, len(questions))
     sample = questions[:k]
@@ -534,9 +595,10 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_seconds": round(ours_s, 3),
         "ours_cpu_seconds": round(ours_cpu, 3),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "kept": len(result.kept),
-        "dropped": result.dropped,
-        "contaminated_by_benchmark": result.by_benchmark,
+        "load_average_1min_at_start": round(load_at_start, 2),
+        "kept": reasons.count(None),
+        "dropped": dropped,
+        "contaminated_by_benchmark": by_benchmark,
         "planted": planted_recall(questions, labels, sources, reasons, cfg),
         "baseline": {
             "method": "LLM2LLM pairwise ROUGE-L F > 0.7 against every kept question "
@@ -559,6 +621,9 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_vs_extrapolated_baseline": round(extrapolated / ours_s, 1),
         "speedup_vs_extrapolated_baseline_cpu": round(extrapolated_cpu / ours_cpu, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "filter_rss_before_mb": round(rss_before, 1),
+        "filter_peak_rss_mb": round(filter_peak, 1),
+        "filter_memory_mb": round(filter_peak - rss_before, 1),
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -581,24 +646,6 @@ def _count_labels(labels: list[str], dropped: list[bool]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _reasons(problems, existing, test_sets, cfg) -> list[str | None]:
-    """Per candidate drop reason, via the same public checks filter_problems composes."""
-    from fdd_core.filtering import Decontaminator, basic_check
-
-    reasons = [basic_check(p.question, cfg) for p in problems]
-    alive = [i for i, r in enumerate(reasons) if r is None]
-    hits = Decontaminator(test_sets, cfg).check_many([problems[i].question for i in alive])
-    for i, hit in zip(alive, hits):
-        if hit:
-            reasons[i] = hit[0]
-    rest = [i for i in alive if reasons[i] is None]
-    for i, r in zip(
-        rest, Deduplicator(existing, cfg).check_and_add_many([problems[i].question for i in rest])
-    ):
-        reasons[i] = r
-    return reasons
-
-
 def _fmt(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
@@ -607,7 +654,7 @@ def _markdown(r: dict) -> str:
     b = r["baseline"]
     lines = [
         (
-            f"Filter benchmark: {r['n_candidates']:,} generated questions, existing dataset "
+            f"Filter benchmark: {r['n_candidates']:,} generated questions (streamed), dataset "
             f"{r['existing']['n']:,} ({r['existing']['source']})"
         ),
         "",
@@ -651,8 +698,19 @@ def _markdown(r: dict) -> str:
             f"{r['speedup_vs_extrapolated_baseline']:,.0f}x wall, "
             f"{r['speedup_vs_extrapolated_baseline_cpu']:,.0f}x CPU",
         ),
-        ("1-minute load average at the end (2 shared cores)", f"{r['load_average_1min']}"),
-        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
+        (
+            "1-minute load average at start / end (2 shared cores)",
+            f"{r['load_average_1min_at_start']} / {r['load_average_1min']}",
+        ),
+        (
+            "filter memory: peak resident set while filtering, above the resident set before",
+            f"{r['filter_memory_mb']:.0f} MB (peak {r['filter_peak_rss_mb']:.0f} MB, before "
+            f"{r['filter_rss_before_mb']:.0f} MB)",
+        ),
+        (
+            "peak RSS of the whole bench (candidates, planted labels, baseline)",
+            f"{r['peak_rss_mb']:.0f} MB",
+        ),
     ]
     lines += [f"| {measure} | {value} |" for measure, value in measures]
     lines += [

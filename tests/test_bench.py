@@ -7,6 +7,7 @@ docs/BENCHMARKS.md); this only keeps the script working as the backend changes.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -174,3 +175,19 @@ def test_lab_strategies_summary_gives_mean_sd_over_seeds_and_pooled_lab_ratios()
         "| 0.80 (12/15) | 0.25 (1/4) | 10.0 (11.0) | 130 |"
     )
     assert body[2].startswith("| none | 0 | 1 | 0.300 | 0.000 |")  # one seed: no spread
+
+
+def test_filter_bench_smoke_streams_and_reports_recall_and_memory(tmp_path, capsys):
+    from bench import bench_filter
+
+    out = tmp_path / "filter.json"
+    r = bench_filter.main(["--n", "3000", "--existing", "9000", "--baseline-sample", "60",
+                           "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == r
+    assert r["existing"]["n"] == 9000
+    assert r["kept"] + sum(r["dropped"].values()) == 3000
+    planted = r["planted"]
+    assert planted["exact_dup"]["recall"] == 1.0 and planted["malformed"]["recall"] == 1.0
+    assert planted["contam_verbatim"]["recall"] == 1.0
+    assert math.isfinite(r["filter_memory_mb"])  # measured (the kernel peak is resettable)
+    assert "| planted |" in capsys.readouterr().out

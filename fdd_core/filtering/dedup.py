@@ -24,7 +24,7 @@ import numpy as np
 from fdd_core.config import FilteringConfig
 from fdd_core.filtering.minhash import MinHasher, _encode, _Encoded, _LshIndex
 
-_PAIR_BLOCK = 1 << 20  # candidate pairs verified at once (bounded memory)
+_PAIR_BLOCK = 1 << 16  # candidate pairs verified at once: 2 x 16 MB of signatures
 
 
 def text_hashes(normalized: Sequence[str]) -> np.ndarray:

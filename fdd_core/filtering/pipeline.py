@@ -45,7 +45,7 @@ class FilterResult:
         return sum(self.dropped.values())
 
 
-CHUNK = 65536  # candidates checked at once: bounds the memory beyond the kept index
+CHUNK = 16384  # candidates checked at once: bounds the memory beyond the kept index
 
 
 def filter_stream(
