@@ -49,10 +49,10 @@ from pathlib import Path
 LOCK_NAME = "run.lock"
 GUARD_SUFFIX = ".guard"
 GUARD_WAIT_S = 30.0
-
-log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_S = 30.0
 DEFAULT_STALE_AFTER_S = 600.0
+
+log = logging.getLogger(__name__)
 
 
 class RunLockedError(RuntimeError):
@@ -75,6 +75,9 @@ class LockHolder:
 
     def describe(self) -> str:
         return f"host {self.host}, pid {self.pid}, started {self.started_at}"
+
+
+_UNKNOWN_HOLDER = LockHolder(host="?", pid=0, started_at="?", token="")  # not written yet
 
 
 def _proc_start(pid: int) -> str | None:
@@ -196,7 +199,7 @@ def _guard(path: Path, wait_s: float = GUARD_WAIT_S):
                         f"could not take the guard {guard} of run lock {path} within "
                         f"{wait_s:.0f} s: another process holds it (it is only ever held for "
                         f"milliseconds; a process stuck on it must be stopped)",
-                        LockHolder(host="?", pid=0, started_at="?", token=""),
+                        _UNKNOWN_HOLDER,
                     ) from None
                 time.sleep(0.01)
             except OSError as exc:
@@ -250,7 +253,7 @@ def acquire(
             raise RunLockedError(
                 f"run folder {folder} is being locked by another process right now (its lock "
                 f"file {path} is not written yet); try again in a few seconds",
-                LockHolder(host="?", pid=0, started_at="?", token=""),
+                _UNKNOWN_HOLDER,
             )
         if reason is None:
             raise RunLockedError(

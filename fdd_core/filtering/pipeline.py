@@ -77,7 +77,10 @@ def filter_stream(
 
 
 def _check_batch(
-    batch: Sequence[Problem], dedup: Deduplicator, decon: Decontaminator | None, cfg
+    batch: Sequence[Problem],
+    dedup: Deduplicator,
+    decon: Decontaminator | None,
+    cfg: FilteringConfig,
 ) -> tuple[list[str | None], list[str | None]]:
     reasons: list[str | None] = [basic_check(p.question, cfg) for p in batch]
     benchmarks: list[str | None] = [None] * len(batch)
