@@ -667,8 +667,7 @@ def _markdown(r: dict) -> str:
     contaminated = ", ".join(f"{k} {v}" for k, v in r["contaminated_by_benchmark"].items())
     measures = [
         (
-            f"ours: filter_stream on {r['n_candidates']:,} "
-            "(dedup + decontamination, 4 test sets)",
+            f"ours: filter_stream on {r['n_candidates']:,} (dedup + decontamination, 4 test sets)",
             f"{r['ours_seconds']:.1f} s wall, {r['ours_cpu_seconds']:.1f} s CPU",
         ),
         ("kept", f"{r['kept']:,}"),
