@@ -191,3 +191,31 @@ def test_filter_bench_smoke_streams_and_reports_recall_and_memory(tmp_path, caps
     assert planted["contam_verbatim"]["recall"] == 1.0
     assert math.isfinite(r["filter_memory_mb"])  # measured (the kernel peak is resettable)
     assert "| planted |" in capsys.readouterr().out
+
+
+def test_training_memory_profile_smoke(tiny_causal_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.profile_training_memory", "--model", str(tiny_causal_dir)]
+    cmd += ["--examples", "8", "--batch-size", "4"]
+    done = subprocess.run(  # its own process: the profile changes the allocator's policy
+        cmd,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    out = json.loads(done.stdout)
+    assert out["batch_shape"][0] == 4 and out["target_tokens"] > 0
+    assert out["saved_for_backward_mb"] > 0 and out["saved_by_shape_mb"]
+    top = sum(mb for mb, _ in out["saved_by_shape_mb"].values())  # the 12 largest shapes
+    assert 0 < top <= out["saved_for_backward_mb"] + 0.05
+    assert out["peak_mb"] >= out["rss_after_load_mb"] > 0
+    assert out["step_cpu_s"] > 0
+    assert out["malloc"] == "fixed"

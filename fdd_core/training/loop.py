@@ -21,6 +21,7 @@ from fdd_core.progress import progress_enabled
 from fdd_core.prompts import STUDENT_PROMPT_VERSION
 from fdd_core.schemas import Example, ModelRef
 from fdd_core.training.batching import _padded_size, collate, encode_examples, plan_batches
+from fdd_core.training.memory import return_freed_memory
 from fdd_core.training.modeling import (
     _apply_lora,
     _flag,
@@ -94,6 +95,8 @@ def train_student(
     base_path = resolve_model(base_model, cache_dir)
     accelerator = _make_accelerator(device)
     on_cuda = accelerator.device.type == "cuda"
+    if accelerator.device.type == "cpu":
+        return_freed_memory()  # activations' memory back to the system (training/memory.py)
     set_seed(cfg.seed)  # python, numpy, torch: LoRA init and dropout
     model, tokenizer, seq2seq = _load_base(base_path)
     use_bf16 = _flag(cfg.bf16, on_cuda and torch.cuda.is_bf16_supported())
