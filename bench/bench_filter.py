@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.procmem import _peak_rss_mb, _reset_peak_rss, _rss_mb
 from fdd_core.config import FilteringConfig
 from fdd_core.filtering import DROP_REASONS, Deduplicator, filter_stream, tokenize
 from fdd_core.schemas import Problem
@@ -326,27 +327,6 @@ def load_existing(gen: Generator, at_least: int = 0) -> tuple[list[str], str]:
         questions += [extra.generated() for _ in range(topped)]
         source += f" + {topped:,} generated"
     return questions, source
-
-
-def _rss_mb() -> float:
-    """Resident set now (MB)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's resident set (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def build_candidates(n: int, gen: Generator, existing: list[str], test_sets: dict[str, list[str]]):

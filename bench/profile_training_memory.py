@@ -18,18 +18,7 @@ import json
 import sys
 from collections import Counter
 
-
-def _status(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+from bench.procmem import _peak_rss_mb, _reset_peak_rss, _rss_mb
 
 
 def main(argv=None) -> int:
@@ -91,17 +80,17 @@ def main(argv=None) -> int:
 
     import time
 
-    rss_loaded = _status("VmRSS")
+    rss_loaded = _rss_mb()
     cpu_start = time.process_time()
-    _reset_peak()
+    _reset_peak_rss()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = _target_loss(model, batch, False)
-    forward = {"rss_mb": _status("VmRSS"), "peak_mb": _status("VmHWM")}
-    _reset_peak()
+    forward = {"rss_mb": _rss_mb(), "peak_mb": _peak_rss_mb()}
+    _reset_peak_rss()
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    backward = {"rss_mb": _status("VmRSS"), "peak_mb": _status("VmHWM")}
+    backward = {"rss_mb": _rss_mb(), "peak_mb": _peak_rss_mb()}
     step_cpu_s = time.process_time() - cpu_start
     mb = 2**20
     out = {
