@@ -2,13 +2,14 @@
 
     python -m bench.profile_sandbox [--n 3000] [--workers N] [--no-perf]
 
-Runs `--n` of bench_sandbox's programs through `Sandbox.run_many` and reports CPU per
-program for each role, from /proc (always available): the caller process, the worker
-processes themselves, and their reaped children (the programs). With `perf` installed (and
-allowed), it runs again under ``perf record -e cpu-clock -g`` and sorts every sample by role
-and kind: fork (the clone system call), page faults (copy-on-write or other), other system
-calls (named), process exit, and user space (Python itself). The machine's load is printed:
-on a shared machine the absolute figures move, the shares much less.
+Runs `--n` of bench_sandbox's programs through `Sandbox.run_many` and reports CPU and
+minor page faults per program for each role, from /proc (always available): the caller
+process, the worker processes themselves, and their reaped children (the programs). With
+`perf` installed (and allowed), it runs again under ``perf record -e cpu-clock -g`` and
+sorts every sample by role and kind: fork (the clone system call), page faults
+(copy-on-write or other), other system calls (named), process exit, and user space (Python
+itself). The machine's load is printed: on a shared machine the absolute figures move, the
+shares much less.
 """
 
 from __future__ import annotations
@@ -29,18 +30,23 @@ from fdd_core.config import SandboxConfig
 from fdd_core.sandbox import Sandbox
 
 
-def _stat(pid: int) -> tuple[float, float, float, float]:
-    """utime, stime, cutime, cstime of a process, in seconds."""
+def _stat(pid: int) -> tuple[float, float, float, float, int, int]:
+    """utime, stime, cutime, cstime of a process, in seconds, then its minor page faults
+    and those of its reaped children."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return tuple(int(x) / tick for x in fields[11:15])
+    return (*(int(x) / tick for x in fields[11:15]), int(fields[7]), int(fields[8]))
 
 
 def _worker_pids() -> list[int]:
-    """The worker processes (not their `unshare`) among this process's descendants."""
+    """The worker processes (not their `unshare`, nor a program's process, which has the
+    same command line) among this process's descendants."""
     found, todo = [], [os.getpid()]
     while todo:
-        for path in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+        parent = todo.pop()
+        if parent in found:
+            continue  # below a worker: programs' processes, not workers
+        for path in Path(f"/proc/{parent}/task").glob("*/children"):
             try:
                 kids = [int(x) for x in path.read_text().split()]
             except OSError:
@@ -61,9 +67,10 @@ def _worker_pids() -> list[int]:
 def measure(n: int, workers: int | None) -> dict:
     """CPU per program by role (microseconds), from /proc."""
     programs = [p for p, _ in make_programs(n)]
+    others = set(_worker_pids())  # another sandbox's workers in this process are not ours
     with Sandbox(SandboxConfig(max_workers=workers)) as sandbox:
         sandbox.run_many(programs[:20])  # warm-up
-        pids = _worker_pids()
+        pids = [p for p in _worker_pids() if p not in others]
         t0, w0 = os.times(), [_stat(p) for p in pids]
         start = time.perf_counter()
         results = sandbox.run_many(programs)
@@ -76,6 +83,7 @@ def measure(n: int, workers: int | None) -> dict:
         return sum(b[k] - a[k] for a, b in zip(w0, w1, strict=True)) / n * 1e6
 
     caller = (t1.user + t1.system - t0.user - t0.system) / n * 1e6
+    faults = {"worker": delta(4) / 1e6, "child": delta(5) / 1e6}
     return {
         "programs": n,
         "workers": len(pids),
@@ -90,6 +98,7 @@ def measure(n: int, workers: int | None) -> dict:
             "child system": delta(3),
             "total": caller + sum(delta(k) for k in range(4)),
         },
+        "minor_faults_per_program": faults,
     }
 
 
@@ -171,6 +180,9 @@ def main(argv=None) -> int:
     print("\n| role | CPU µs/program |\n|---|---:|")
     for role, us in split["us_per_program"].items():
         print(f"| {role} | {us:.0f} |")
+    faults = split["minor_faults_per_program"]
+    print(f"\nminor page faults per program: worker {faults['worker']:.0f}", end="")
+    print(f", child {faults['child']:.0f}")
     if args.no_perf or not shutil.which("perf"):
         return 0
     with tempfile.TemporaryDirectory() as tmp:

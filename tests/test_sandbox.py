@@ -725,3 +725,18 @@ def test_worker_mounts_nothing_unless_pid_1_of_its_own_namespaces(tmp_path):
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["mount_namespace"] and not info["pid_namespace"], info
     assert not info["private_tmp"] and not info["readonly_fs"], info
+
+
+def test_profile_sandbox_measures_cpu_and_faults_per_role():
+    """bench/profile_sandbox's /proc part on a few programs: every role is counted, the
+    total is their sum, and each program's process shows its own page faults."""
+    from bench import profile_sandbox
+
+    before = _descendants()
+    split = profile_sandbox.measure(30, 1)
+    assert split["programs"] == 30 and split["workers"] == 1 and split["programs_per_s"] > 0
+    roles = split["us_per_program"]
+    parts = ["caller", "worker user", "worker system", "child user", "child system"]
+    assert roles["total"] == pytest.approx(sum(roles[k] for k in parts))
+    assert split["minor_faults_per_program"]["child"] > 0  # a fresh process faults pages in
+    assert _descendants() <= before
