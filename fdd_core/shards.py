@@ -6,6 +6,7 @@ the rows live in JSONL files written atomically. `fdd_core.stages` re-exports th
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,9 +48,44 @@ def write_problems(folder: str | Path, name: str, problems: Sequence[Problem]) -
     return ProblemsRef(path=str(path), digest=digest, n=len(problems))
 
 
-def read_problems(ref: ProblemsRef | str | Path) -> list[Problem]:
+def read_problems(
+    ref: ProblemsRef | str | Path, bounds: tuple[int, int] | None = None
+) -> list[Problem]:
+    """The problems of a file, or only rows [start, end) of it (`bounds`, a shard's slice).
+
+    A shard reads its own slice: only the rows in `bounds` are decoded and validated, and
+    reading stops at `end`. (Decoding the whole file in every shard made a stage cost
+    shards x rows, quadratic in the number of problems.)
+    """
     path = ref.path if isinstance(ref, ProblemsRef) else str(ref)
-    return [Problem.model_validate(row) for row in read_jsonl(path)]
+    if bounds is None:
+        return [Problem.model_validate(row) for row in read_jsonl(path)]
+    start, end = bounds
+    if start < 0 or end < start:
+        raise ValueError(f"bad bounds {bounds!r} for {path}: expected 0 <= start <= end")
+    out: list[Problem] = []
+    index = 0  # rows seen so far (blank lines are not rows, as in read_jsonl)
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if index >= end:
+                break
+            if not line.strip():
+                continue
+            if index >= start:
+                out.append(Problem.model_validate(_row(line, path, lineno)))
+            index += 1
+    return out
+
+
+def _row(line: str, path: str, lineno: int) -> dict:
+    """One JSONL line as a dict; errors name the file and line, as `iter_jsonl` does."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def shard_bounds(n_items: int, shard_size: int) -> list[tuple[int, int]]:

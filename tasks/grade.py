@@ -42,7 +42,7 @@ def grade_shard(
 ) -> ShardResult:
     """The previous student answers one shard of the grading pool."""
     with shard_limit(shard_timeout_s, "grade", round_index, shard_index):
-        chunk = read_problems(problems)[bounds[0] : bounds[1]]
+        chunk = read_problems(problems, bounds)
         backend = get_model_backend(
             student_backend_config(student, student_model), storage.cache_dir
         )

@@ -39,7 +39,7 @@ def label_shard(
 ) -> ShardResult:
     """Vote on one shard of new problems; accepted ones become examples."""
     with shard_limit(shard_timeout_s, "label", round_index, shard_index):
-        chunk = read_problems(problems)[bounds[0] : bounds[1]]
+        chunk = read_problems(problems, bounds)
         backend = get_model_backend(teacher, storage.cache_dir)
         verdicts: list[dict] = []
         examples, stats = label_problems(

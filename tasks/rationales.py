@@ -37,7 +37,7 @@ def rationale_shard(
 ) -> ShardResult:
     """Write and verify rationales for one shard of problems."""
     with shard_limit(shard_timeout_s, "rationales", round_index, shard_index):
-        chunk = read_problems(problems)[bounds[0] : bounds[1]]
+        chunk = read_problems(problems, bounds)
         backend = get_model_backend(teacher, storage.cache_dir)
         examples, stats = write_rationales(
             chunk,

@@ -100,7 +100,7 @@ def synthesize_shard(
 ) -> ShardResult:
     """New problems from one shard of parents (all of one kind; `counts` per parent)."""
     with shard_limit(shard_timeout_s, f"synthesize-{kind}", round_index, shard_index):
-        chunk = read_problems(parents)[bounds[0] : bounds[1]]
+        chunk = read_problems(parents, bounds)
         backend = get_model_backend(teacher, storage.cache_dir)
         problems, stats = synthesize_problems(
             chunk,
