@@ -26,7 +26,16 @@ LLAMA_CONSTRAINTS := constraints/llama.txt
 LLAMA_BUILD_ID := $(shell cat $(LLAMA_CONSTRAINTS) | { cat; echo "$(LLAMA_CMAKE_ARGS)"; } | cksum | cut -d' ' -f1)
 LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed-$(LLAMA_BUILD_ID)
 
-.PHONY: run test test-fast install clean-venv bench lint format lock lab
+# llama.cpp's C++ llama-server for the `llama-server` teacher backend (docs/llama-server.md):
+# built from the llama.cpp vendored in the pinned llama-cpp-python sdist, portable, Release,
+# static, no CURL/OpenSSL/web UI; only the llama-server target (10 min of CPU time, once:
+# 18 min wall measured on a loaded 2-core machine; docs/llama-server.md).
+# Rebuilt when the pin or the build script changes. Not part of `make run`/`make test`.
+LLAMA_SERVER_PREFIX ?= .venv-llama-server
+LLAMA_SERVER_BIN := $(LLAMA_SERVER_PREFIX)/bin/llama-server
+LLAMA_SERVER_STAMP := $(LLAMA_SERVER_PREFIX)/.fdd-built
+
+.PHONY: run test test-fast install clean-venv bench lint format lock lab llama-server
 
 $(STAMP): pyproject.toml $(wildcard constraints/cpu*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +63,22 @@ $(LLAMA_STAMP): $(LLAMA_CONSTRAINTS)
 
 install: $(STAMP)
 
+llama-server: $(LLAMA_SERVER_BIN)
+
+$(LLAMA_SERVER_BIN): constraints/llama-server.txt scripts/build_llama_server.sh
+	PYTHON=$(PYTHON) scripts/build_llama_server.sh $(LLAMA_SERVER_PREFIX)
+
+# `make test` builds it too, for the backend's real-server tests; a failed build does not stop
+# the tests (those tests then skip, and the reason is in $(LLAMA_SERVER_PREFIX)/build-failed).
+$(LLAMA_SERVER_STAMP): constraints/llama-server.txt scripts/build_llama_server.sh
+	@mkdir -p $(LLAMA_SERVER_PREFIX)
+	@echo "building llama-server into $(LLAMA_SERVER_PREFIX) (portable; ~6 min once)"
+	@if PYTHON=$(PYTHON) scripts/build_llama_server.sh $(LLAMA_SERVER_PREFIX) > $(LLAMA_SERVER_PREFIX)/build.log 2>&1; \
+	then rm -f $(LLAMA_SERVER_PREFIX)/build-failed; tail -n 1 $(LLAMA_SERVER_PREFIX)/build.log; \
+	else echo "llama-server could not be built (see $(LLAMA_SERVER_PREFIX)/build.log); its tests will skip"; \
+	     tail -n 20 $(LLAMA_SERVER_PREFIX)/build.log > $(LLAMA_SERVER_PREFIX)/build-failed; fi
+	@touch $(LLAMA_SERVER_STAMP)
+
 run: $(STAMP)
 	$(BIN)/fdd run $(CONFIG)
 
@@ -62,7 +87,7 @@ LAB_CONFIG ?= configs/lab.yaml
 lab: $(STAMP)
 	$(BIN)/fdd lab $(LAB_CONFIG)
 
-test: $(STAMP) $(LLAMA_STAMP)
+test: $(STAMP) $(LLAMA_STAMP) $(LLAMA_SERVER_STAMP)
 	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian
 	@# packages; skipped with a message when they cannot be installed).
 	@scripts/install_system_deps.sh

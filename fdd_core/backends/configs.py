@@ -122,3 +122,67 @@ class OpenAIConfig(ModelConfig):
                 "http://127.0.0.1:8000/v1; it is empty"
             )
         return value
+
+
+class LlamaServerConfig(ModelConfig):
+    """llama.cpp's C++ llama-server, started and stopped by fdd (the CPU teacher engine).
+
+    Needs the `llama-server` executable (`make llama-server`, docs/llama-server.md) and a
+    GGUF model: the embedded one, or `model` = the path of a .gguf file.
+    """
+
+    backend: Literal["llama-server"] = Field(
+        "llama-server",
+        description="llama.cpp's llama-server on a GGUF file, started by fdd on a loopback port.",
+    )
+    binary: str | None = Field(
+        None,
+        description="The llama-server executable. Empty: $FDD_LLAMA_SERVER, else "
+        ".venv-llama-server/bin/llama-server (make llama-server), else llama-server on PATH.",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for the server; empty: one per core."
+    )
+    parallel: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Server slots (sequences decoded together). A request's n samples take n "
+        "slots; n above this goes out one request per sample.",
+    )
+    ctx_per_slot: int = Field(
+        2048,
+        ge=64,
+        le=131072,
+        description="Context tokens per slot (prompt + new tokens); the server's KV cache "
+        "holds parallel x ctx_per_slot tokens (embedded model: about 23 KB per token).",
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds to wait for the server to load the model."
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(2, ge=0, le=50, description="Retries per request on transient errors.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="More llama-server command-line arguments, verbatim."
+    )
+
+
+class AutoConfig(HFConfig):
+    """'llama-server' where it is usable here, else 'hf' (decided when the backend is built).
+
+    llama-server is picked when its executable is found (see LlamaServerConfig.binary), the
+    model has a GGUF file (the embedded model, or a .gguf path) and the model would run on
+    CPU (device 'cpu', or 'auto' without CUDA); otherwise hf with the hf fields. The backend
+    that ran is recorded in every result (`describe()`, request-cache keys).
+    """
+
+    backend: Literal["auto"] = Field(  # type: ignore[assignment]
+        "auto",
+        description="'llama-server' where its executable is found and the model runs on CPU, "
+        "else 'hf'.",
+    )
+    binary: str | None = LlamaServerConfig.model_fields["binary"]
+    threads: int | None = LlamaServerConfig.model_fields["threads"]
+    parallel: int = LlamaServerConfig.model_fields["parallel"]
+    ctx_per_slot: int = LlamaServerConfig.model_fields["ctx_per_slot"]
+    startup_timeout_s: float = LlamaServerConfig.model_fields["startup_timeout_s"]

@@ -23,8 +23,10 @@ from pydantic import Discriminator, Tag
 
 from fdd_core.backends.configs import (
     DEFAULT_BACKEND,
+    AutoConfig,
     HFConfig,
     InProcessConfig,
+    LlamaServerConfig,
     ModelConfig,
     OpenAIConfig,
     VLLMConfig,
@@ -41,6 +43,7 @@ __all__ = [
     "config_class",
     "device_on_gpu",
     "register_backend",
+    "resolve_auto",
     "role_members",
     "role_union",
     "unregister_backend",
@@ -140,6 +143,86 @@ def _check_endpoint(who: str, cfg: OpenAIConfig, cache_dir: str | None) -> None:
     check_endpoint(who, cfg)
 
 
+def _make_llama_server(
+    cfg: LlamaServerConfig, cache_dir: str | None, progress: bool | None
+) -> Backend:
+    from fdd_core.backends.llama_server import LlamaServerBackend
+
+    return LlamaServerBackend(
+        cfg.model,
+        binary=cfg.binary,
+        threads=cfg.threads,
+        parallel=cfg.parallel,
+        ctx_per_slot=cfg.ctx_per_slot,
+        startup_timeout_s=cfg.startup_timeout_s,
+        request_timeout_s=cfg.request_timeout_s,
+        max_retries=cfg.max_retries,
+        extra_args=cfg.extra_args,
+    )
+
+
+def _check_llama_server(who: str, cfg: LlamaServerConfig, cache_dir: str | None) -> None:
+    from fdd_core.backends.llama_server import find_binary, missing_binary_message, resolve_gguf
+    from fdd_core.config import ConfigError
+
+    if find_binary(cfg.binary) is None:
+        raise ConfigError(f"{who}.backend = 'llama-server': {missing_binary_message(cfg.binary)}")
+    try:
+        resolve_gguf(cfg.model)
+    except Exception as exc:  # ModelNotFoundError, FileNotFoundError: the message says why
+        raise ConfigError(f"{who}.model = {cfg.model!r}: {exc}") from None
+
+
+def _llama_server_key(cfg: LlamaServerConfig, cache_dir: str | None) -> tuple:
+    # One server per process and settings: the shard tasks of a run share it.
+    return (
+        "llama-server",
+        cfg.model,
+        cfg.binary,
+        cfg.threads,
+        cfg.parallel,
+        cfg.ctx_per_slot,
+        tuple(cfg.extra_args),
+    )
+
+
+def resolve_auto(cfg: AutoConfig) -> ModelConfig:
+    """The concrete config `backend: auto` stands for on this machine (see AutoConfig)."""
+    from fdd_core.backends.configs import EMBEDDED_MODEL
+    from fdd_core.backends.llama_server import find_binary
+
+    gguf = cfg.model == EMBEDDED_MODEL or cfg.model.endswith(".gguf")
+    if (
+        gguf
+        and cfg.adapter is None
+        and not device_on_gpu(cfg.device)
+        and find_binary(cfg.binary) is not None
+    ):
+        return LlamaServerConfig(
+            model=cfg.model,
+            binary=cfg.binary,
+            threads=cfg.threads,
+            parallel=cfg.parallel,
+            ctx_per_slot=cfg.ctx_per_slot,
+            startup_timeout_s=cfg.startup_timeout_s,
+        )
+    return HFConfig(
+        model=cfg.model,
+        adapter=cfg.adapter,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        batch_size=cfg.batch_size,
+    )
+
+
+def _auto(method: str) -> Callable:
+    def call(cfg: AutoConfig, *args: Any) -> Any:
+        concrete = resolve_auto(cfg)
+        return getattr(BACKENDS[concrete.backend], method)(concrete, *args)
+
+    return call
+
+
 BACKENDS: dict[str, BackendSpec] = {}
 
 
@@ -205,6 +288,24 @@ for _spec in (
             cfg.tensor_parallel_size,
             cache_dir,
         ),
+    ),
+    BackendSpec(
+        name="llama-server",
+        config=LlamaServerConfig,
+        make=_make_llama_server,
+        preflight=_check_llama_server,
+        uses_gpu=lambda cfg: False,  # a CPU engine here (GPU llama.cpp builds: not offered)
+        memo_key=_llama_server_key,
+        trainable=False,
+    ),
+    BackendSpec(
+        name="auto",
+        config=AutoConfig,
+        make=_auto("make"),
+        preflight=_auto("preflight"),
+        uses_gpu=_auto("uses_gpu"),
+        memo_key=_auto("memo_key"),
+        trainable=False,  # a teacher setting: the student is trained in process (hf)
     ),
 ):
     BACKENDS[_spec.name] = _spec
