@@ -2,6 +2,9 @@
 
     python -m bench.run_all [--only NAME ...]
 
+`--only rehearsal` runs the GSM8K-scale rehearsal (bench/bench_rehearsal.py), which the
+default set leaves out because it takes about 35 minutes on 2 cores.
+
 Results go to bench/results/<name>.json; copy the printed tables into docs/BENCHMARKS.md.
 Run on an otherwise idle machine: ratios are stable, absolute numbers are not.
 """
@@ -13,12 +16,22 @@ import importlib
 import subprocess
 import sys
 
-BENCHES = ["sandbox", "filter", "request_cache", "hf_generate", "training"]
+BENCHES = [
+    "sandbox",
+    "filter",
+    "request_cache",
+    "hf_generate",
+    "training",
+    "trl",
+    "teacher_engine",
+]
+# Long (about 35 minutes on 2 cores): only with --only rehearsal.
+OPT_IN = ["rehearsal"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")
+    ap.add_argument("--only", nargs="*", choices=BENCHES + OPT_IN, help="run only these")
     args = ap.parse_args(argv)
     failed = []
     for name in args.only or BENCHES:
