@@ -214,33 +214,9 @@ def child_main(args) -> int:
 
 def task_runs_under(flow_run_id) -> list[dict]:
     """Every task run of the flow run and its subflow runs: name, state, created time."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
+    from flows.common import task_runs_under as runs_of
 
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
-            )
-        )
-        ids = [flow_run_id] + [c.id for c in children]
-        runs, offset = [], 0
-        while True:  # the API serves at most 200 rows a page
-            page = client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
-                limit=200,
-                offset=offset,
-            )
-            runs += page
-            offset += len(page)
-            if len(page) < 200:
-                break
-    sub_ids = {c.parent_task_run_id for c in children}
+    _, runs = runs_of(flow_run_id)
     return [
         {
             "name": re.sub(r"-[0-9a-z]+$", "", r.name),
@@ -248,7 +224,6 @@ def task_runs_under(flow_run_id) -> list[dict]:
             "created": r.created.timestamp() if r.created else None,
         }
         for r in runs
-        if r.id not in sub_ids
     ]
 
 

@@ -104,3 +104,36 @@ def run_mapped(
 
 def first_not_none(values: Sequence[Any]) -> Any:
     return next((v for v in values if v is not None), None)
+
+
+def task_runs_under(flow_run_id) -> tuple[list, list]:
+    """The subflow runs of a flow run, and every task run of it and of those subflows
+    (the task runs that only stand for a subflow call left out), from the Prefect API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        ids = [flow_run_id] + [c.id for c in children]
+        runs, offset = [], 0
+        while True:  # the API serves at most 200 rows a page
+            page = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
+                limit=200,
+                offset=offset,
+            )
+            runs += page
+            offset += len(page)
+            if len(page) < 200:
+                break
+    sub_ids = {c.parent_task_run_id for c in children}
+    return children, [r for r in runs if r.id not in sub_ids]

@@ -165,35 +165,9 @@ def first_run(harness, world, teacher_server, tiny_causal_dir, tmp_path_factory)
 
 
 def _task_runs_under(flow_run_id):
-    """Every task run of a flow run and of its subflow runs (subflow call stubs excluded)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
+    from flows.common import task_runs_under
 
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
-            )
-        )
-        ids = [flow_run_id] + [c.id for c in children]
-        runs, offset = [], 0
-        while True:  # the API serves at most 200 rows a page
-            page = client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
-                limit=200,
-                offset=offset,
-            )
-            runs += page
-            offset += len(page)
-            if len(page) < 200:
-                break
-    sub_ids = {c.parent_task_run_id for c in children}
-    return children, [r for r in runs if r.id not in sub_ids]
+    return task_runs_under(flow_run_id)
 
 
 def test_first_run_produces_versions_students_and_artifacts(first_run):
