@@ -41,9 +41,35 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/llama-server-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 start=$(date +%s)
 echo "llama-server: fetching llama-cpp-python==$VERSION sdist (vendored llama.cpp)"
-"$PYTHON" -m pip download -q --no-binary :all: --no-deps --no-cache-dir \
-    "llama-cpp-python==$VERSION" -d "$WORK"
-tar -xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
+# The file itself, found in the package index's JSON listing (PEP 691) and checked against
+# the sha256 the index gives. `pip download` of an sdist first builds its metadata (an
+# isolated build environment with scikit-build-core and cmake): minutes instead of a second.
+# It stays the fallback for an index that does not serve the JSON listing.
+SDIST="llama_cpp_python-$VERSION.tar.gz"
+if ! "$PYTHON" - "$SDIST" "$WORK/$SDIST" "${PIP_INDEX_URL:-https://pypi.org/simple}" <<'PY'
+import hashlib, json, sys, urllib.request
+name, dest, index = sys.argv[1], sys.argv[2], sys.argv[3].rstrip("/")
+req = urllib.request.Request(
+    f"{index}/llama-cpp-python/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+)
+with urllib.request.urlopen(req, timeout=60) as r:
+    files = json.load(r)["files"]
+(entry,) = [f for f in files if f["filename"] == name]
+digest = hashlib.sha256()
+with urllib.request.urlopen(entry["url"], timeout=300) as r, open(dest, "wb") as out:
+    while chunk := r.read(1 << 20):
+        digest.update(chunk)
+        out.write(chunk)
+if digest.hexdigest() != entry["hashes"]["sha256"]:
+    sys.exit(f"{name}: sha256 {digest.hexdigest()} is not the index's {entry['hashes']['sha256']}")
+PY
+then
+    echo "llama-server: the index's JSON listing failed; falling back to pip download"
+    rm -f "$WORK/$SDIST"
+    "$PYTHON" -m pip download -q --no-binary :all: --no-deps --no-cache-dir \
+        "llama-cpp-python==$VERSION" -d "$WORK"
+fi
+tar -xzf "$WORK/$SDIST" -C "$WORK"
 SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
 test -f "$SRC/tools/server/server.cpp" || { echo "no tools/server in $SRC" >&2; exit 2; }
 fetched=$(date +%s)
