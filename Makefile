@@ -14,12 +14,14 @@ CONSTRAINTS ?= constraints/cpu.txt
 EXTRAS ?= train,dask,ray,dev
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
-# A real OpenAI-compatible server for the openai backend's integration test: llama.cpp's
-# server on the embedded GGUF, in its own environment (it builds from source, ~5 min once).
-# The build is portable (no tuning to this machine's CPU: machines of this kind differ from
-# day to day, and a native build died with SIGILL on the next one) and pinned
-# (constraints/llama.txt). pip's wheel cache ignores CMAKE_ARGS, so the build bypasses it;
-# the stamp's name carries a hash of the flags and pins, so changing either rebuilds.
+# llama-cpp-python (llama.cpp's Python bindings and Python server) in its own environment, for
+# the benchmarks that compare against it (bench/bench_hf_generate.py, bench/bench_llama_build.py):
+# `make llama-python`. Not part of `make test` (the openai backend's real-server tests use the
+# C++ llama-server below). It builds from source (~5 min once), portable (no tuning to this
+# machine's CPU: machines of this kind differ from day to day, and a native build died with
+# SIGILL on the next one) and pinned (constraints/llama.txt). pip's wheel cache ignores
+# CMAKE_ARGS, so the build bypasses it; the stamp's name carries a hash of the flags and pins,
+# so changing either rebuilds.
 LLAMA_VENV  ?= .venv-llama
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 LLAMA_CONSTRAINTS := constraints/llama.txt
@@ -29,13 +31,13 @@ LLAMA_STAMP := $(LLAMA_VENV)/.fdd-installed-$(LLAMA_BUILD_ID)
 # llama.cpp's C++ llama-server for the `llama-server` teacher backend (docs/llama-server.md):
 # built from the llama.cpp vendored in the pinned llama-cpp-python sdist, portable, Release,
 # static, no CURL/OpenSSL/web UI; only the llama-server target (10 min of CPU time, once:
-# 18 min wall measured on a loaded 2-core machine; docs/llama-server.md).
-# Rebuilt when the pin or the build script changes. Not part of `make run`/`make test`.
+# 6 min wall on 2 idle cores; docs/llama-server.md). Rebuilt when the pin or the build script
+# changes. `make test` builds it (below); `make run` does not need it.
 LLAMA_SERVER_PREFIX ?= .venv-llama-server
 LLAMA_SERVER_BIN := $(LLAMA_SERVER_PREFIX)/bin/llama-server
 LLAMA_SERVER_STAMP := $(LLAMA_SERVER_PREFIX)/.fdd-built
 
-.PHONY: run test test-fast install clean-venv bench lint format lock lab llama-server
+.PHONY: run test test-fast install clean-venv bench lint format lock lab llama-server llama-python
 
 $(STAMP): pyproject.toml $(wildcard constraints/cpu*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,20 +58,23 @@ $(LLAMA_STAMP): $(LLAMA_CONSTRAINTS)
 	      $(LLAMA_VENV)/bin/python -m pip install \
 	      --no-cache-dir -c $(LLAMA_CONSTRAINTS) "llama-cpp-python[server]" > $(LLAMA_VENV)/install.log 2>&1; \
 	then rm -f $(LLAMA_VENV)/install-failed; \
-	else echo "llama-cpp-python could not be installed (see $(LLAMA_VENV)/install.log); its server test will skip"; \
+	else echo "llama-cpp-python could not be installed (see $(LLAMA_VENV)/install.log); the benchmarks that use it will say so"; \
 	     tail -n 20 $(LLAMA_VENV)/install.log > $(LLAMA_VENV)/install-failed; fi
 	@echo "$(LLAMA_CMAKE_ARGS)" > $(LLAMA_VENV)/build-flags
 	@touch $(LLAMA_VENV)/.fdd-installed $(LLAMA_STAMP)
 
 install: $(STAMP)
 
+llama-python: $(LLAMA_STAMP)
+
 llama-server: $(LLAMA_SERVER_BIN)
 
 $(LLAMA_SERVER_BIN): constraints/llama-server.txt scripts/build_llama_server.sh
 	PYTHON=$(PYTHON) scripts/build_llama_server.sh $(LLAMA_SERVER_PREFIX)
 
-# `make test` builds it too, for the backend's real-server tests; a failed build does not stop
-# the tests (those tests then skip, and the reason is in $(LLAMA_SERVER_PREFIX)/build-failed).
+# `make test` builds it too, for the real-server tests of the llama-server and openai backends;
+# a failed build does not stop the tests (those tests then skip, and the reason is in
+# $(LLAMA_SERVER_PREFIX)/build-failed).
 $(LLAMA_SERVER_STAMP): constraints/llama-server.txt scripts/build_llama_server.sh
 	@mkdir -p $(LLAMA_SERVER_PREFIX)
 	@echo "building llama-server into $(LLAMA_SERVER_PREFIX) (portable; ~6 min once)"
@@ -87,7 +92,7 @@ LAB_CONFIG ?= configs/lab.yaml
 lab: $(STAMP)
 	$(BIN)/fdd lab $(LAB_CONFIG)
 
-test: $(STAMP) $(LLAMA_STAMP) $(LLAMA_SERVER_STAMP)
+test: $(STAMP) $(LLAMA_SERVER_STAMP)
 	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian
 	@# packages; skipped with a message when they cannot be installed).
 	@scripts/install_system_deps.sh

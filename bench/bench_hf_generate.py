@@ -13,7 +13,7 @@ embedded training questions. Measured in one run, on the same model and thread c
 - hf backend greedy over all prompts (the student's evaluation workload), and sampled with
   `n` samples per prompt (temperature 0.7, top-p 0.95, seeded), as the teacher runs; both
   with the same `--batch-size` sequences per forward batch;
-- llama.cpp single stream (Q4_1 GGUF, greedy) through `/work/main/.venv-llama/bin/python`
+- llama.cpp single stream (Q4_1 GGUF, greedy) through `.venv-llama/bin/python` (`make llama-python`)
   when that interpreter can import llama_cpp (skipped otherwise, and said so).
 
 Tokens are generated tokens (EOS included when emitted), never prompt tokens. Prints a

@@ -1,6 +1,6 @@
 """What the portable llama.cpp build costs against a native one, on the embedded GGUF.
 
-`make test` builds llama-cpp-python with `-DGGML_NATIVE=OFF` (AVX2/FMA/F16C, no tuning to
+`make llama-python` builds llama-cpp-python with `-DGGML_NATIVE=OFF` (AVX2/FMA/F16C, no tuning to
 the build machine), because machines of this kind differ in CPU from one day to the next
 and a native build died with SIGILL on the next machine. This measures the price: each
 interpreter given (a `.venv-llama` of each build) loads the embedded GGUF in a fresh

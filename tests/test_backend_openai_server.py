@@ -1,10 +1,11 @@
-"""OpenAIBackend against a real OpenAI-compatible server: llama-cpp-python on the embedded GGUF.
+"""OpenAIBackend against a real OpenAI-compatible server: llama.cpp's llama-server.
 
-The server runs from its own environment (`make .venv-llama/.fdd-installed`, a portable
-build pinned by constraints/llama.txt, or FDD_LLAMA_PYTHON pointing to an interpreter that
-has `llama-cpp-python[server]`), as a subprocess on 127.0.0.1, started once for this module
-and always terminated. llama.cpp ignores `n`, so the backend's per-sample fallback is
-exercised for real here.
+The server is the C++ `llama-server` binary that `make test` builds (`make llama-server`,
+portable, pinned by constraints/llama-server.txt; FDD_LLAMA_SERVER names another build), on
+the embedded GGUF, with an API key, started once for this module on 127.0.0.1 through
+`ManagedServer` and always stopped. These tests drive it through the plain `openai` backend,
+as a user pointing fdd at a server of their own would; tests/test_backend_llama_server.py
+covers the backend that starts the server itself.
 
 When the server process dies (a build that uses instructions this CPU lacks dies with
 SIGILL on its first completion), a test fails with the process's exit signal or code and
@@ -13,69 +14,23 @@ the tail of its log, not only with the client's connection errors.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fdd_core.backends.base import SamplingParams
+from fdd_core.backends.llama_server import ManagedServer, find_binary, not_built_reason
 from fdd_core.backends.openai_api import OpenAIBackend, OpenAIBackendError
 from fdd_core.procs import describe_exit
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-REPO = Path(__file__).resolve().parents[1]
-LLAMA_VENV = REPO / ".venv-llama"
 MODEL_ALIAS = "smollm2-135m-instruct"
 SERVER_KEY = "sk-llama-local-test-5a4b3c"  # this server's key, set for the backend by env var
 KEY_ENV = "FDD_TEST_LLAMA_KEY"
 START_TIMEOUT_S = 60.0
-
-
-def _llama_python() -> str:
-    """The interpreter with llama-cpp-python, or skip saying why it is not there."""
-    override = os.environ.get("FDD_LLAMA_PYTHON")
-    if override:
-        return override  # chosen explicitly: a broken one must fail, not skip
-    failed = LLAMA_VENV / "install-failed"
-    if failed.is_file():
-        reason = failed.read_text(errors="replace").strip().splitlines()[-3:]
-        pytest.skip(
-            f"llama-cpp-python could not be installed into {LLAMA_VENV}: " + " | ".join(reason)
-        )
-    python = LLAMA_VENV / "bin" / "python"
-    if not python.is_file() or not (LLAMA_VENV / ".fdd-installed").is_file():
-        pytest.skip(
-            f"no llama.cpp environment at {LLAMA_VENV} (create it with "
-            "`make .venv-llama/.fdd-installed`, or set FDD_LLAMA_PYTHON)"
-        )
-    return str(python)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 @dataclass
@@ -120,57 +75,31 @@ class WatchedBackend(OpenAIBackend):
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    """A running llama.cpp OpenAI-compatible server (stopped after the module)."""
-    python = _llama_python()
+    """A running llama-server with an API key (stopped after the module)."""
+    binary = find_binary()
+    if binary is None:
+        pytest.skip(not_built_reason())
     from fdd_core.models import ModelNotFoundError, embedded_gguf_path
 
     try:
         gguf = embedded_gguf_path()
     except ModelNotFoundError as exc:  # as conftest's embedded_model_dir does
         pytest.skip(str(exc))
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [
-        python, "-m", "llama_cpp.server",
-        "--model", str(gguf),
-        "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", "2048",
-        "--chat_format", "chatml",
-        "--n_threads", "2",
-        "--api_key", SERVER_KEY,
-        "--verbose", "False",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(f"http://127.0.0.1:{port}/v1", proc, log_path)
-    try:
-        _wait_ready(server)
-        yield server
-    finally:
-        _stop(proc)
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    headers = {"Authorization": f"Bearer {SERVER_KEY}"}
-    while time.monotonic() < deadline:
-        death = server.death()
-        if death is not None:
-            pytest.fail(f"{death}\n(before it answered /v1/models)")
-        try:
-            r = httpx.get(f"{server.base_url}/models", headers=headers, timeout=2)
-            if r.status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(
-        f"llama.cpp server not ready within {START_TIMEOUT_S:.0f} s:\n{log_tail(server.log_path)}"
+    managed = ManagedServer(
+        binary,
+        gguf,
+        threads=2,
+        parallel=2,
+        ctx_per_slot=1024,
+        extra_args=["--alias", MODEL_ALIAS, "--api-key", SERVER_KEY],
+        startup_timeout_s=START_TIMEOUT_S,
+        log_dir=tmp_path_factory.mktemp("llama-server"),
     )
+    managed.start()  # waits for /health; a server that dies first fails with its log
+    try:
+        yield Server(managed.base_url + "/v1", managed.proc, managed.log_path)
+    finally:
+        managed.stop()
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def closure(root: str, extras: tuple[str, ...]) -> set[str]:
 def test_every_makefile_pip_install_names_constraints():
     lines = (REPO / "Makefile").read_text().replace("\\\n", " ").splitlines()
     installs = [ln for ln in lines if re.search(r"pip install\b", ln)]
-    assert len(installs) >= 4, installs  # .venv (pip, project, model) and .venv-llama
+    assert len(installs) >= 4, installs  # .venv (pip, project, model), .venv-llama
     for line in installs:
         assert re.search(r"-c \S+", line), f"Makefile installs without constraints: {line.strip()}"
 
