@@ -37,7 +37,7 @@ LLAMA_SERVER_PREFIX ?= .venv-llama-server
 LLAMA_SERVER_BIN := $(LLAMA_SERVER_PREFIX)/bin/llama-server
 LLAMA_SERVER_STAMP := $(LLAMA_SERVER_PREFIX)/.fdd-built
 
-.PHONY: run test test-fast install clean-venv bench lint format lock lab llama-server llama-python
+.PHONY: run test test-fast install clean-venv bench lint format lock lab llama-server llama-python test-setup system-deps
 
 $(STAMP): pyproject.toml $(wildcard constraints/cpu*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -92,11 +92,18 @@ LAB_CONFIG ?= configs/lab.yaml
 lab: $(STAMP)
 	$(BIN)/fdd lab $(LAB_CONFIG)
 
-test: $(STAMP) $(LLAMA_SERVER_STAMP)
-	@# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian
-	@# packages; skipped with a message when they cannot be installed).
-	@scripts/install_system_deps.sh
+# The three set-up steps of `make test` run at once (on a fresh machine the venv install waits on
+# the network and the llama-server build on the CPU), then the tests.
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=line test-setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-setup: $(STAMP) $(LLAMA_SERVER_STAMP) system-deps
+
+# PostgreSQL and Chromium for the Prefect server/UI integration tests (Debian packages;
+# skipped with a message when they cannot be installed).
+system-deps:
+	@scripts/install_system_deps.sh
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
