@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import random
 import re
-import signal
 import sys
 import threading
 from collections import Counter
@@ -216,17 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scripted teacher (not an LLM) on {server.base_url}", flush=True)
     if args.ready_file:
         Path(args.ready_file).write_text(server.base_url)
-
-    def stop(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_until_stopped()  # until SIGTERM (what bench_rehearsal sends) or Ctrl-C
     finally:
-        server.httpd.server_close()
         teacher.write_samples()
     return 0
 

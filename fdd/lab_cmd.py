@@ -125,12 +125,7 @@ def cmd_simteacher(args) -> int:
         f"{teacher.model_name}, dials {teacher.dials.model_dump()}",
         flush=True,
     )
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
+    server.serve_until_stopped()  # Ctrl-C or SIGTERM
     return 0
 
 

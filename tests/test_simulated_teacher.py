@@ -266,3 +266,44 @@ def test_cli_names_the_simulated_teacher_and_rejects_bad_dials(capsys):
     assert "simulated teacher" in sub.choices["simteacher"].format_help().lower()
     assert main(["lab", "configs/lab.yaml", "--dial", "wrong=0.5"]) == 2
     assert "one of wrong_program" in capsys.readouterr().err
+
+
+def test_fdd_simteacher_serves_until_sigterm_then_exits_cleanly(tmp_path):
+    """`fdd simteacher` as its own process: answers, and SIGTERM ends it with status 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fdd", "simteacher", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "fdd simteacher did not answer in 60 s"
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["data"][0]["owned_by"] == "fdd-lab"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0  # handled: a clean exit, not death by signal
+        assert "simulated teacher" in proc.stdout.read()
+        with pytest.raises(httpx.TransportError):  # the socket is closed
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

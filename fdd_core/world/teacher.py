@@ -457,6 +457,25 @@ class SimulatedTeacherServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def serve_until_stopped(self) -> None:
+        """Serve in the calling thread until Ctrl-C or SIGTERM, then close the socket.
+
+        For a server that is its own process (`fdd simteacher`, bench/scripted_teacher.py);
+        SIGTERM is handled only while this runs, and the previous handler is put back."""
+        import signal
+
+        def _stop(*_: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _stop)
+        try:
+            self.httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.httpd.server_close()
+
     def __enter__(self) -> SimulatedTeacherServer:
         return self.start()
 
