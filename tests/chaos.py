@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +99,44 @@ class Teacher:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+_TEMPLATE_LOCK = threading.Lock()
+_TEMPLATE_DB: Path | None = None
+
+
+def migrated_prefect_db() -> Path:
+    """A Prefect database migrated to head by `prefect server database upgrade`, made once
+    per test process: each fresh Prefect home of these tests starts from a copy of it, so
+    every `fdd run` here does not repeat the migrations (about 5 s of each temporary
+    server's start). The first start on an empty home is still tested: by the in-process
+    tests (conftest's home) and tests/test_flows.py, test_runlock.py, test_lab_cmd.py."""
+    global _TEMPLATE_DB
+    with _TEMPLATE_LOCK:
+        if _TEMPLATE_DB is None or not _TEMPLATE_DB.is_file():
+            home = Path(tempfile.mkdtemp(prefix="fdd-test-prefect-template-"))
+            env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            env.pop("PREFECT_API_URL", None)
+            env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+            done = subprocess.run(
+                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            db = home / "prefect.db"
+            assert done.returncode == 0 and db.is_file(), done.stdout[-2000:] + done.stderr
+            with sqlite3.connect(db) as con:  # one self-contained file (no -wal beside it)
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _TEMPLATE_DB = db
+        return _TEMPLATE_DB
+
+
 def fdd_env(prefect_home: Path) -> dict:
+    """The environment of an `fdd run` process with its own Prefect home (a migrated copy of
+    `migrated_prefect_db()` when the home is new; an existing home is left as it is)."""
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    if not (prefect_home / "prefect.db").exists():
+        shutil.copyfile(migrated_prefect_db(), prefect_home / "prefect.db")
     env = dict(
         os.environ,
         PREFECT_HOME=str(prefect_home),
