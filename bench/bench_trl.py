@@ -1,7 +1,8 @@
 """Benchmark of one round's fine-tuning: fdd's training loop against TRL's `SFTTrainer`.
 
     python -m bench.bench_trl [--model smollm2-135m-instruct] [--methods lora,full]
-                              [--trainers fdd,trl_padding_free,trl_padded] [--examples 40]
+                              [--trainers fdd,fdd_packed,trl_padding_free,trl_padded]
+                              [--examples 40]
                               [--batch-size 8] [--threads 2] [--repeats 2]
 
 Trains the same model on the same examples (a round's D_r, built as bench/bench_training.py
@@ -17,6 +18,9 @@ Trainers:
 
 - `fdd`: `fdd_core.training.train_student` (length-grouped batches padded to their own
   longest row, loss on program + EOS only, LM head on target positions only);
+- `fdd_packed`: the same with `padding_free="on"` (each micro-batch of the same plan
+  flattened into one row without padding, position ids restarting per example, no
+  attention mask: the block-diagonal SDPA mask that transformers builds from them);
 - `trl_padding_free`: `trl.SFTTrainer`, `completion_only_loss=True`, `padding_free=True`
   (every batch flattened into one row without padding; on a CPU the attention is SDPA
   with a block-diagonal mask that transformers builds from the position ids);
@@ -55,13 +59,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "trl.json"
-TRAINERS = ("fdd", "trl_padding_free", "trl_padded")
+TRAINERS = ("fdd", "fdd_packed", "trl_padding_free", "trl_padded")
 METHODS = ("lora", "full")
 EMBEDDED = "smollm2-135m-instruct"
 
 
-def _config(args, method: str):
-    """The fdd training settings both trainers follow."""
+def _config(args, method: str, *, packed: bool = False):
+    """The fdd training settings every trainer follows (`packed`: fdd's padding-free)."""
     from fdd_core.config import TrainingConfig
 
     return TrainingConfig(
@@ -72,6 +76,7 @@ def _config(args, method: str):
         learning_rate=args.learning_rate,
         max_seq_len=args.max_seq_len,
         group_by_length=True,
+        padding_free="on" if packed else "off",
         seed=args.seed,
         bf16="off",
         gradient_checkpointing="off",
@@ -85,11 +90,11 @@ def _examples(args):
     return round_examples(args.examples, args.seed)
 
 
-def _child_fdd(args, method: str) -> dict:
+def _child_fdd(args, method: str, packed: bool) -> dict:
     from fdd_core.training import train_student
 
     examples, _ = _examples(args)
-    cfg = _config(args, method)
+    cfg = _config(args, method, packed=packed)
     with tempfile.TemporaryDirectory() as tmp:
         train_student(examples, args.model, cfg, Path(tmp) / "m", device="cpu", progress=False)
         meta = json.loads((Path(tmp) / "m" / "meta.json").read_text())
@@ -103,7 +108,12 @@ def _child_fdd(args, method: str) -> dict:
         "train_cpu_s": meta["train_cpu_s"],
         "loss_first": losses[0],
         "loss_mean": sum(losses) / len(losses),
-        "options": {"padding": "longest", "group_by_length": True, "loss": "program + EOS"},
+        "options": {
+            "padding": meta["padding"],  # "packed" (padding-free) or "longest"
+            "padding_free": cfg.padding_free,
+            "group_by_length": True,
+            "loss": "program + EOS",
+        },
     }
 
 
@@ -235,8 +245,8 @@ def _child(trainer: str, method: str, args) -> dict:
     )
     tokens = sum(e.length for e in encoded)
     del tokenizer, examples, encoded
-    if trainer == "fdd":
-        run = _child_fdd(args, method)
+    if trainer in ("fdd", "fdd_packed"):
+        run = _child_fdd(args, method, packed=trainer == "fdd_packed")
     else:
         run = _child_trl(args, method, padding_free=trainer == "trl_padding_free")
     peak = _peak_rss_mb()

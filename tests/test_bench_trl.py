@@ -49,11 +49,25 @@ def _check_run(run: dict, tokens: int | None = None) -> None:
 
 @pytest.mark.slow
 def test_bench_trl_fdd_half(tiny_causal_dir, tmp_path):
-    out = _bench(["--model", str(tiny_causal_dir), "--trainers", "fdd"], tmp_path / "r.json")
-    assert [(r["trainer"], r["method"]) for r in out["runs"]] == [("fdd", "lora"), ("fdd", "full")]
-    for run in out["runs"]:
-        _check_run(run)
-        assert run["tokens_per_s_vs_fdd"] == 1.0
+    trainers = ["--trainers", "fdd,fdd_packed"]
+    out = _bench(["--model", str(tiny_causal_dir), *trainers], tmp_path / "r.json")
+    assert [(r["trainer"], r["method"]) for r in out["runs"]] == [
+        ("fdd", "lora"),
+        ("fdd_packed", "lora"),
+        ("fdd", "full"),
+        ("fdd_packed", "full"),
+    ]
+    runs = {(r["trainer"], r["method"]): r for r in out["runs"]}
+    for (trainer, method), run in runs.items():
+        _check_run(run, tokens=runs[("fdd", method)]["tokens"])
+        if trainer == "fdd":
+            assert run["tokens_per_s_vs_fdd"] == 1.0
+            assert run["options"]["padding"] == "longest"
+            assert run["padded_positions"] > run["tokens"]  # rows of other lengths: padding
+        else:  # padding-free: one row per micro-batch, no padding computed
+            assert run["options"]["padding"] == "packed"
+            assert run["padded_positions"] == run["tokens"]
+            assert run["target_tokens"] == runs[("fdd", method)]["target_tokens"]
     assert out["versions"]["trl"] is None
 
 
@@ -65,7 +79,7 @@ def test_bench_trl_fdd_half(tiny_causal_dir, tmp_path):
 def test_bench_trl_against_sft_trainer(tiny_causal_dir, tmp_path):
     out = _bench(["--model", str(tiny_causal_dir), "--methods", "lora"], tmp_path / "r.json")
     runs = {r["trainer"]: r for r in out["runs"]}
-    assert set(runs) == {"fdd", "trl_padding_free", "trl_padded"}
+    assert set(runs) == {"fdd", "fdd_packed", "trl_padding_free", "trl_padded"}
     for run in runs.values():
         _check_run(run, tokens=runs["fdd"]["tokens"])
         assert run["method"] == "lora"

@@ -285,6 +285,16 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length (no padding to a global maximum)."
     )
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "off",
+        description="Padding-free batching for causal students: each micro-batch flattened "
+        "into one row without padding, position ids restarting per example, no example "
+        "attending to another. 'off' (default): each batch padded to its longest row; "
+        "'auto': on for causal students whose attention keeps packed examples apart "
+        "(checked at start), padded otherwise; 'on': an error where it cannot run. "
+        "Encoder-decoder students are always padded. Opt-in: measured faster on CPU at one "
+        "dataset size, not at another, and not yet run on CUDA (docs/training.md).",
+    )
     bf16: Literal["auto", "on", "off"] = Field(
         "auto", description="bf16 mixed precision; 'auto' turns it on for CUDA with bf16."
     )

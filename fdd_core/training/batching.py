@@ -1,4 +1,5 @@
-"""Training data: tokenized examples, the seeded batch plan (grouped by length), padding."""
+"""Training data: tokenized examples, the seeded batch plan (grouped by length), padding
+or packing (padding-free: a micro-batch flattened into one row)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,38 @@ def collate(batch: Sequence[Encoded], pad_id: int, *, pad_to: int | None = None)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _padded_size(batch: Sequence[Encoded], pad_to: int | None) -> int:
+def pack(batch: Sequence[Encoded]) -> dict:
+    """Flatten a causal batch into one row without padding (padding-free batching).
+
+    The examples follow each other in one row of shape (1, total tokens); `position_ids`
+    restart at 0 with each example, and there is no `attention_mask`: transformers reads the
+    restarts as packed sequences and masks attention block-diagonally, so no example sees
+    another (tests/test_training_packed.py checks it). Each example's first label is -100,
+    so the last token of one example never learns to predict the first token of the next.
+    """
+    import torch
+
+    if batch[0].seq2seq:
+        raise ValueError("packing is for causal models; encoder-decoder batches are padded")
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for e in batch:
+        ids.extend(e.input_ids)
+        labels.append(IGNORE_INDEX)
+        labels.extend(e.labels[1:])
+        positions.extend(range(len(e.input_ids)))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+    }
+
+
+def _padded_size(batch: Sequence[Encoded], pad_to: int | None, *, packed: bool = False) -> int:
+    """Positions the model computes for `batch` (padding included; packed: none)."""
+    if packed:
+        return sum(e.length for e in batch)
     width = max(len(e.input_ids) for e in batch)
     if pad_to is not None:
         width = max(width, pad_to)

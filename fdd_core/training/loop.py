@@ -20,13 +20,21 @@ from fdd_core.models import resolve_model
 from fdd_core.progress import progress_enabled
 from fdd_core.prompts import STUDENT_PROMPT_VERSION
 from fdd_core.schemas import Example, ModelRef
-from fdd_core.training.batching import _padded_size, collate, encode_examples, plan_batches
+from fdd_core.training.batching import (
+    _padded_size,
+    collate,
+    encode_examples,
+    pack,
+    plan_batches,
+)
 from fdd_core.training.memory import return_freed_memory
 from fdd_core.training.modeling import (
     _apply_lora,
     _flag,
     _load_base,
     _make_accelerator,
+    _packing_keeps_examples_apart,
+    _segment_attention,
     _target_loss,
 )
 from fdd_core.training.student import _save_atomically
@@ -78,10 +86,13 @@ def train_student(
 
     `device` "auto" takes CUDA when visible (under `accelerate launch` / `torchrun`, this
     rank's GPU). `padding="max_length"` pads every batch to the dataset's longest example
-    (a baseline for benchmarks). `on_step` is called after every optimizer step on the main
-    process (progress hooks, tests); an exception from it aborts the run and nothing is
-    saved. Seeds the global python/numpy/torch generators with `cfg.seed`. Returns the
-    `ModelRef` of the saved model (full) or adapter (LoRA).
+    (a baseline for benchmarks; it turns `cfg.padding_free` "auto" off, and refuses "on").
+    With padding-free batching (`cfg.padding_free`, causal students) each micro-batch is
+    one row without padding: the same examples per micro-batch and step as padded.
+    `on_step` is called after every optimizer step on the main process (progress hooks,
+    tests); an exception from it aborts the run and nothing is saved. Seeds the global
+    python/numpy/torch generators with `cfg.seed`. Returns the `ModelRef` of the saved
+    model (full) or adapter (LoRA).
     """
     if not examples:
         raise ValueError("train_student needs at least one example, got none")
@@ -108,6 +119,7 @@ def train_student(
         )
     if cfg.method == "lora":
         model = _apply_lora(model, cfg, seq2seq)
+    packed = _padding_free(cfg.padding_free, seq2seq, padding, model)
 
     encoded, n_truncated = encode_examples(
         examples, tokenizer, seq2seq=seq2seq, max_seq_len=cfg.max_seq_len
@@ -163,10 +175,12 @@ def train_student(
 
         tracker = start_tracker(cfg.report_to, out_dir, cfg.model_dump(mode="json"))
     step, epoch, batches_done = 0, 0, 0
+    attention = contextlib.ExitStack()  # packed: attention per example, SDPA back at the end
+    per_example = packed and attention.enter_context(_segment_attention(model))
     loop_start, loop_cpu = time.perf_counter(), time.process_time()
     log.info(
         "training %s (%s, %s) on %d examples: %d steps, batch %d x %d accum x %d processes, "
-        "device %s, bf16 %s, gradient checkpointing %s",
+        "device %s, bf16 %s, gradient checkpointing %s, padding-free %s%s",
         base_model,
         "seq2seq" if seq2seq else "causal",
         cfg.method,
@@ -178,6 +192,8 @@ def train_student(
         accelerator.device,
         use_bf16,
         use_gc,
+        packed,
+        " (attention per example)" if per_example else "",
     )
     try:
         while step < total_steps:
@@ -198,10 +214,12 @@ def train_student(
                 local = group[accelerator.process_index :: world]
                 summed = torch.zeros((), device=accelerator.device)
                 for k, batch in enumerate(local):
-                    tensors = {
-                        n: t.to(accelerator.device)
-                        for n, t in collate(batch, tokenizer.pad_token_id, pad_to=pad_to).items()
-                    }
+                    cpu = (
+                        pack(batch)
+                        if packed
+                        else collate(batch, tokenizer.pad_token_id, pad_to=pad_to)
+                    )
+                    tensors = {n: t.to(accelerator.device) for n, t in cpu.items()}
                     sync = k == len(local) - 1
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         with autocast:
@@ -221,7 +239,7 @@ def train_student(
                 step += 1
                 batches_done += len(group)
                 tokens_seen += sum(e.length for b in group for e in b)
-                padded_tokens += sum(_padded_size(b, pad_to) for b in group)
+                padded_tokens += sum(_padded_size(b, pad_to, packed=packed) for b in group)
                 target_tokens += step_targets
                 lr = scheduler.get_last_lr()[0]
                 _report(bar, step, total_steps, loss, lr, log_every, tokens_seen, loop_start)
@@ -241,6 +259,7 @@ def train_student(
                     )
             epoch += 1
     finally:
+        attention.close()
         if bar is not None:
             bar.close()
         if tracker is not None:
@@ -278,7 +297,7 @@ def train_student(
         "num_processes": world,
         "bf16": use_bf16,
         "gradient_checkpointing": use_gc,
-        "padding": padding,
+        "padding": "packed" if packed else padding,  # packed: padding-free, one row per batch
         "versions": _library_versions(),
     }
     if accelerator.is_main_process:
@@ -297,6 +316,32 @@ def train_student(
         dataset_version=dataset_version,
         adapter=cfg.method == "lora",
     )
+
+
+def _padding_free(setting: str, seq2seq: bool, padding: Padding, model: Any) -> bool:
+    """Whether this run packs its micro-batches (TrainingConfig.padding_free)."""
+    if setting == "off":
+        return False
+    if setting == "on" and seq2seq:
+        raise ValueError(
+            "padding_free 'on' is for causal students; an encoder-decoder student is always "
+            "padded (use 'auto' or 'off')"
+        )
+    if setting == "on" and padding == "max_length":
+        raise ValueError("padding='max_length' pads every batch; it contradicts padding_free 'on'")
+    if seq2seq or padding == "max_length":
+        return False
+    if _packing_keeps_examples_apart(model):
+        return True
+    if setting == "on":
+        raise ValueError(
+            "padding_free 'on': this model's attention does not keep packed examples apart "
+            "(its logits change when another example precedes it in the row); use 'off'"
+        )
+    log.warning(
+        "padding_free 'auto': this model does not keep packed examples apart; padding instead"
+    )
+    return False
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
