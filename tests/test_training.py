@@ -108,6 +108,20 @@ def state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def train_and_snapshot(model_dir, cfg: TrainingConfig, out_dir, snaps: dict, name: str) -> dict:
+    """Train on `make_examples(8)` on the CPU; `snaps[name]` gets the model's state after
+    each step (so the last step's at the end). Returns the saved meta.json."""
+    train_student(
+        make_examples(8),
+        str(model_dir),
+        cfg,
+        out_dir,
+        device="cpu",
+        on_step=lambda s: snaps.__setitem__(name, state(s.model)),
+    )
+    return json.loads((out_dir / "meta.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_causal_dir):
     from transformers import AutoTokenizer
@@ -334,15 +348,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_causal_dir):
 
     def run(name, batch, accum):
         cfg = _full(max_steps=1, batch_size=batch, grad_accum=accum, group_by_length=False)
-        train_student(
-            make_examples(8),
-            str(tiny_causal_dir),
-            cfg,
-            tmp_path / name,
-            device="cpu",
-            on_step=lambda s: snaps.__setitem__(name, state(s.model)),
-        )
-        return json.loads((tmp_path / name / "meta.json").read_text())["final_loss"]
+        return train_and_snapshot(tiny_causal_dir, cfg, tmp_path / name, snaps, name)["final_loss"]
 
     one, accumulated = run("one", 8, 1), run("acc", 2, 4)
     assert math.isclose(one, accumulated, rel_tol=1e-5)

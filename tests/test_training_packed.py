@@ -32,19 +32,15 @@ from fdd_core.training import (  # noqa: E402  (needs torch: after the importors
 )
 from fdd_core.training.batching import _padded_size, pack  # noqa: E402
 from fdd_core.training.loop import _padding_free  # noqa: E402
-from tests.test_training import make_examples, state  # noqa: E402
+from tests.test_training import (  # noqa: E402
+    _one_thread,  # noqa: F401  (the module-wide 1-thread fixture, autouse)
+    make_examples,
+    train_and_snapshot,
+)
 
 # fp32 on the CPU: a packed row and a padded batch run the same arithmetic in other
 # shapes (other kernel blockings), so results agree to rounding, not bit for bit.
 RTOL, ATOL = 1e-5, 1e-6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -301,15 +297,7 @@ def test_a_packed_run_equals_the_padded_run(tmp_path, tiny_causal_dir):
             learning_rate=5e-3,
             padding_free=padding_free,
         )
-        train_student(
-            make_examples(8),
-            str(tiny_causal_dir),
-            cfg,
-            tmp_path / name,
-            device="cpu",
-            on_step=lambda s: snaps.__setitem__(name, state(s.model)),
-        )
-        return json.loads((tmp_path / name / "meta.json").read_text())
+        return train_and_snapshot(tiny_causal_dir, cfg, tmp_path / name, snaps, name)
 
     padded, packed = run("padded", "off"), run("packed", "on")
     assert padded["padding"] == "longest" and packed["padding"] == "packed"
